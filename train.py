@@ -1,0 +1,286 @@
+"""Train a small ADM diffusion prior by denoising score matching (ε-prediction).
+
+    python train.py --config=configs/train_prior.py:ct  --workdir=exp/train_ct
+    python train.py --config=configs/train_prior.py:mri --workdir=exp/train_mri \
+        --config.train.num_steps=3000
+
+Loss: E_{x₀, t~U{0..T-1}, ε~N(0,I)} ‖ε_θ(√ᾱ_t x₀ + √(1−ᾱ_t) ε, t) − ε‖² with the same linear β
+schedule (1e-4 … 0.02, 1000 steps) and the same ADM UNet (``models/adm_unet.py``) as the
+released DDS priors, so a trained file loads through the same loader
+(``models/checkpoint.py``) and is driven by the same :class:`models.denoiser.Denoiser`.
+
+Training images: every ``*.npy`` in ``config.data.train_dir`` (made by ``utils/prepare_data.py``;
+CT float [H, W] in [0, 1], MRI complex [H, W] with magnitude ≲ 1), area-resampled to the model's
+``image_size``.  Augmentation: random flips; for complex data also a random global phase
+e^{iφ} (the prior must not care about the absolute phase).  Optional random-ellipse phantoms
+(``config.data.phantom_fraction``).
+
+Optimiser AdamW, gradient clipping, EMA of the weights (the EMA is what gets exported).
+Checkpoints ``<workdir>/checkpoints/ckpt_<step>.pt`` (model, EMA, optimiser, step, RNG state);
+re-running the same command resumes from the latest one.  At the end the EMA weights are
+exported to ``config.export_path`` in the loader's format, with a loss curve PNG, a samples PNG
+(DDIM from pure noise) and a denoising PNG (Tweedie at several t on held-out slices).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from absl import app, flags, logging
+from ml_collections import config_flags
+from tqdm import tqdm
+
+from models.adm_unet import create_adm_model
+from models.checkpoint import save_adm_checkpoint
+from models.denoiser import Denoiser
+from models.diffusion import DiffusionSchedule
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", "configs/train_prior.py:ct", "Training config.", lock_config=True)
+flags.DEFINE_string("workdir", None, "Folder for checkpoints and logs (resumed if it holds checkpoints).")
+flags.DEFINE_integer("threads", 0, "torch CPU threads (0 = torch default).")
+
+
+# --------------------------------------------------------------------------- data
+def load_training_images(folder: str | Path, image_size: int, is_complex: bool) -> torch.Tensor:
+    """All ``*.npy`` slices of ``folder`` as ``[N, C, S, S]`` float32 (C = 2 for complex).
+
+    Slices whose size differs from ``image_size`` are area-resampled (real and imaginary
+    parts separately).  Raises ``FileNotFoundError`` / ``ValueError`` with the fix.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"training folder {folder} does not exist; create it with "
+            f"`.venv/bin/python -m utils.prepare_data --out data` (needs apt packages, see README)"
+        )
+    files = sorted(folder.glob("*.npy"))
+    if not files:
+        raise ValueError(f"no .npy slices in {folder}")
+    out = []
+    for f in files:
+        a = np.load(f)
+        if a.ndim != 2:
+            raise ValueError(f"{f}: expected a 2-D slice, got shape {a.shape}")
+        if is_complex != np.iscomplexobj(a):
+            raise ValueError(f"{f}: expected {'complex' if is_complex else 'real'} data, got {a.dtype}")
+        t = torch.from_numpy(a)
+        t = torch.stack((t.real, t.imag)) if is_complex else t[None]
+        out.append(t.float())
+    x = torch.stack(out)
+    if x.shape[-1] != image_size or x.shape[-2] != image_size:
+        x = F.interpolate(x, size=(image_size, image_size), mode="area")
+    return x
+
+
+def augment(x: torch.Tensor, is_complex: bool, gen: torch.Generator) -> torch.Tensor:
+    """Random left-right flips and, for complex data, a random global phase e^{iφ}."""
+    b = x.shape[0]
+    flip = torch.rand(b, generator=gen) < 0.5
+    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    if is_complex:
+        phi = torch.rand(b, generator=gen) * 2 * math.pi
+        c, s = torch.cos(phi)[:, None, None], torch.sin(phi)[:, None, None]
+        re, im = x[:, 0], x[:, 1]
+        x = torch.stack((c * re - s * im, s * re + c * im), dim=1)
+    return x
+
+
+def phantom_batch(n: int, image_size: int, is_complex: bool, seed: int) -> torch.Tensor:
+    """Random-ellipse phantoms ``[n, C, S, S]`` (extra / fallback training data)."""
+    from utils.phantoms import random_ellipses, rasterize_ellipses
+
+    imgs = []
+    for i in range(n):
+        img = torch.as_tensor(rasterize_ellipses(random_ellipses(seed=seed + i), image_size, supersample=2),
+                              dtype=torch.float32)
+        img = img / img.abs().max().clamp_min(1e-6)
+        imgs.append(torch.stack((img, torch.zeros_like(img))) if is_complex else img[None])
+    return torch.stack(imgs)
+
+
+# --------------------------------------------------------------------------- checkpoints
+def latest_checkpoint(workdir: Path) -> Path | None:
+    ckpts = sorted((workdir / "checkpoints").glob("ckpt_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
+    return ckpts[-1] if ckpts else None
+
+
+def save_training_state(path: Path, step, model, ema, opt, gen, losses) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"step": step, "model": model.state_dict(), "ema": ema.state_dict(),
+                "opt": opt.state_dict(), "gen": gen.get_state(), "losses": losses}, tmp)
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------- figures
+@torch.no_grad()
+def sample_ddim(denoiser: Denoiser, n: int, image_size: int, steps: int, seed: int) -> torch.Tensor:
+    """DDIM (η = 0) samples from pure noise, ``[n, H, W]`` images (complex noise for MRI)."""
+    sched = denoiser.schedule
+    g = torch.Generator().manual_seed(seed)
+    shape = (n, image_size, image_size)
+    x = torch.randn(shape, generator=g)
+    if denoiser.is_complex:
+        x = torch.complex(x, torch.randn(shape, generator=g))
+    ts = sched.timesteps(steps)
+    for t, t_next in zip(ts, sched.next_steps(ts)):
+        eps = denoiser.eps(x, t)
+        x = sched.ddim_step(x, sched.tweedie_x0(x, eps, t), eps, t, t_next, eta=0.0)
+    return x
+
+
+def save_figures(outdir: Path, denoiser: Denoiser, losses: list, heldout: torch.Tensor | None,
+                 image_size: int, seed: int) -> dict:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    outdir.mkdir(parents=True, exist_ok=True)
+    # loss curve (moving average)
+    steps, vals = np.array([s for s, _ in losses]), np.array([v for _, v in losses])
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.semilogy(steps, vals, alpha=0.3, label="loss")
+    if len(vals) > 20:
+        k = max(len(vals) // 50, 5)
+        ax.semilogy(steps[k - 1:], np.convolve(vals, np.ones(k) / k, mode="valid"), label=f"mean of {k}")
+    ax.set_xlabel("step"), ax.set_ylabel("ε-MSE"), ax.legend(), fig.tight_layout()
+    fig.savefig(outdir / "loss_curve.png", dpi=120), plt.close(fig)
+
+    report = {}
+    samples = sample_ddim(denoiser, 8, image_size, 50, seed)
+    fig, axes = plt.subplots(1, 8, figsize=(16, 2.3))
+    for a, s in zip(axes, samples):
+        a.imshow(s.abs().numpy(), cmap="gray", vmin=0, vmax=1), a.axis("off")
+    fig.suptitle("DDIM samples (50 steps, η = 0) from pure noise")
+    fig.tight_layout(), fig.savefig(outdir / "samples.png", dpi=100), plt.close(fig)
+
+    if heldout is not None:
+        x0 = heldout[:4]
+        ts = [50, 150, 300, 500]
+        g = torch.Generator().manual_seed(seed)
+        fig, axes = plt.subplots(len(x0), 1 + 2 * len(ts), figsize=(2 * (1 + 2 * len(ts)), 2 * len(x0)))
+        psnrs = {t: [] for t in ts}
+        for r, x in enumerate(x0):
+            axes[r, 0].imshow(x.abs().numpy(), cmap="gray", vmin=0, vmax=1), axes[r, 0].set_title("held-out")
+            for j, t in enumerate(ts):
+                noise = torch.randn(x.shape, generator=g) if not torch.is_complex(x) else torch.complex(
+                    torch.randn(x.shape, generator=g), torch.randn(x.shape, generator=g))
+                xt = denoiser.schedule.q_sample(x[None], t, noise[None])
+                xh = denoiser(xt, t)[0]
+                mse = (xh - x).abs().pow(2).mean()
+                psnrs[t].append(float(10 * torch.log10(x.abs().max() ** 2 / mse)))
+                axes[r, 1 + 2 * j].imshow(xt[0].abs().numpy(), cmap="gray", vmin=0, vmax=1)
+                axes[r, 1 + 2 * j].set_title(f"x_t, t={t}")
+                axes[r, 2 + 2 * j].imshow(xh.abs().numpy(), cmap="gray", vmin=0, vmax=1)
+                axes[r, 2 + 2 * j].set_title(f"x̂₀ {psnrs[t][-1]:.1f} dB")
+        for a in axes.flat:
+            a.axis("off")
+        fig.tight_layout(), fig.savefig(outdir / "denoising.png", dpi=90), plt.close(fig)
+        report["tweedie_psnr_heldout"] = {str(t): float(np.mean(v)) for t, v in psnrs.items()}
+    return report
+
+
+# --------------------------------------------------------------------------- main loop
+def train(config, workdir: Path) -> dict:
+    tc, dc = config.train, config.data
+    torch.manual_seed(config.seed)
+    gen = torch.Generator().manual_seed(config.seed)
+    model_cfg = config.model.to_dict()
+    image_size, is_complex = model_cfg["image_size"], config.is_complex
+    data = load_training_images(dc.train_dir, image_size, is_complex)
+    logging.info("training on %d slices from %s, %s", len(data), dc.train_dir, tuple(data.shape))
+
+    model = create_adm_model(model_cfg)
+    ema = create_adm_model(model_cfg)
+    ema.load_state_dict(model.state_dict())
+    ema.requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    sched = DiffusionSchedule(**config.schedule.to_dict())
+    step, losses = 0, []
+    last = latest_checkpoint(workdir)
+    if last is not None:
+        st = torch.load(last, weights_only=False)
+        model.load_state_dict(st["model"]), ema.load_state_dict(st["ema"]), opt.load_state_dict(st["opt"])
+        gen.set_state(st["gen"])
+        step, losses = st["step"], st["losses"]
+        logging.info("resumed from %s (step %d)", last, step)
+
+    n_params = sum(p.numel() for p in model.parameters())
+    t0 = time.time()
+    bar = tqdm(total=tc.num_steps, initial=step, desc="train", dynamic_ncols=True, disable=not tc.progress)
+    model.train()
+    while step < tc.num_steps:
+        idx = torch.randint(0, len(data), (tc.batch_size,), generator=gen)
+        x0 = augment(data[idx], is_complex, gen)
+        if dc.phantom_fraction > 0:
+            n_ph = int(round(dc.phantom_fraction * tc.batch_size))
+            if n_ph:
+                x0[:n_ph] = phantom_batch(n_ph, image_size, is_complex, seed=config.seed * 100003 + step)
+        t = torch.randint(0, sched.num_steps, (tc.batch_size,), generator=gen)
+        noise = torch.randn(x0.shape, generator=gen)
+        xt = sched.q_sample(x0, t, noise)
+        out = model(xt, t.float())
+        loss = F.mse_loss(out[:, : x0.shape[1]], noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+        lr = tc.lr * min(1.0, (step + 1) / max(tc.warmup, 1))
+        for g_ in opt.param_groups:
+            g_["lr"] = lr
+        opt.step()
+        with torch.no_grad():
+            decay = min(tc.ema_decay, (1 + step) / (10 + step))
+            for pe, pm in zip(ema.parameters(), model.parameters()):
+                pe.mul_(decay).add_(pm.detach(), alpha=1 - decay)
+        step += 1
+        if step % tc.log_every == 0 or step == 1:
+            losses.append((step, float(loss.detach())))
+            bar.set_postfix(loss=f"{losses[-1][1]:.4f}")
+        bar.update(1)
+        if step % tc.ckpt_every == 0 or step == tc.num_steps:
+            save_training_state(workdir / "checkpoints" / f"ckpt_{step}.pt", step, model, ema, opt, gen, losses)
+            for old in sorted((workdir / "checkpoints").glob("ckpt_*.pt"),
+                              key=lambda p: int(p.stem.split("_")[1]))[:-2]:
+                old.unlink()
+    bar.close()
+    seconds = time.time() - t0
+
+    export = Path(config.export_path)
+    save_adm_checkpoint(export, ema, model_cfg, extra={
+        "prior": config.prior_name, "is_complex": is_complex, "schedule": config.schedule.to_dict(),
+        "train_steps": step, "batch_size": tc.batch_size, "data": str(dc.train_dir)})
+    denoiser = Denoiser(ema.eval(), sched, is_complex=is_complex, learn_sigma=model_cfg["learn_sigma"])
+    heldout = None
+    if dc.heldout_dir and Path(dc.heldout_dir).is_dir():
+        h = load_training_images(dc.heldout_dir, image_size, is_complex)
+        heldout = torch.complex(h[:, 0], h[:, 1]) if is_complex else h[:, 0]
+    report = save_figures(Path(config.card_dir), denoiser, losses, heldout, image_size, config.seed)
+    report.update({"steps": step, "seconds_this_run": seconds, "num_params": n_params,
+                   "final_loss_mean_last_10pct": float(np.mean([v for _, v in losses[-max(len(losses) // 10, 1):]])),
+                   "command": " ".join(sys.argv), "export": str(export), "torch": torch.__version__})
+    (Path(config.card_dir) / "train_report.json").write_text(json.dumps(report, indent=1))
+    return report
+
+
+def main(argv):
+    del argv
+    if FLAGS.threads:
+        torch.set_num_threads(FLAGS.threads)
+    workdir = Path(FLAGS.workdir or f"exp/train_{FLAGS.config.prior_name}")
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.json").write_text(FLAGS.config.to_json_best_effort(indent=1))
+    report = train(FLAGS.config, workdir)
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    app.run(main)
