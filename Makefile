@@ -1,0 +1,36 @@
+# `make demo` and `make test` are the two set-up commands of the README: each creates .venv
+# from requirements.txt first if needed.
+PY := .venv/bin/python
+VENV_STAMP := .venv/.installed
+
+.PHONY: venv demo test test-slow bench data priors clean-venv
+
+$(VENV_STAMP): requirements.txt
+	python3 -m venv .venv
+	.venv/bin/pip install --disable-pip-version-check -q -r requirements.txt
+	touch $(VENV_STAMP)
+
+venv: $(VENV_STAMP)
+
+demo: $(VENV_STAMP)
+	$(PY) main.py
+
+test: $(VENV_STAMP)
+	$(PY) -m pytest -q
+
+test-slow: $(VENV_STAMP)
+	$(PY) -m pytest -q -m slow
+
+bench: $(VENV_STAMP)
+	$(PY) bench_ct.py
+
+# Needs Debian packages (apt-get): invesalius-examples mricron-data insighttoolkit5-examples
+data: $(VENV_STAMP)
+	$(PY) -m utils.prepare_data --out data --samples indist_samples
+
+priors: $(VENV_STAMP)
+	$(PY) train.py --config=configs/train_prior.py:ct --workdir=exp/train_ct
+	$(PY) train.py --config=configs/train_prior.py:mri --workdir=exp/train_mri
+
+clean-venv:
+	rm -rf .venv
