@@ -1,0 +1,48 @@
+"""Reconstruction methods, all with ``solver(y, physics, x_gt=None, callback=None) -> Result``.
+
+``make_solver(name, cfg, denoiser, seed, device)`` builds one by registry name.
+"""
+from __future__ import annotations
+
+import importlib
+
+#: registry name → (module, class, needs a diffusion prior)
+REGISTRY = {
+    "udigdip": ("solvers.udig_dip", "UDiGDIP", True),
+    "aseqdip": ("solvers.seqdip", "SeqDIP", False),
+    "dip": ("solvers.dip", "VanillaDIP", False),
+    "sgdip": ("solvers.sgdip", "SelfGuidedDIP", False),
+    "dds": ("solvers.dds", "DDS", True),
+    "dps": ("solvers.dps", "DPS", True),
+}
+ALIASES = {"udig-dip": "udigdip", "udig_dip": "udigdip", "seqdip": "aseqdip", "aseq-dip": "aseqdip",
+           "vanilla-dip": "dip", "self-guided-dip": "sgdip"}
+
+
+def canonical(name: str) -> str:
+    """Registry name for ``name`` (case-insensitive, aliases accepted); unknown → ValueError."""
+    key = ALIASES.get(name.strip().lower(), name.strip().lower())
+    if key not in REGISTRY:
+        raise ValueError(f"unknown solver {name!r}; valid: {', '.join(REGISTRY)}")
+    return key
+
+
+def solver_class(name: str):
+    mod, cls, _ = REGISTRY[canonical(name)]
+    return getattr(importlib.import_module(mod), cls)
+
+
+def needs_prior(name: str) -> bool:
+    return REGISTRY[canonical(name)][2]
+
+
+def default_config(name: str):
+    mod, _, _ = REGISTRY[canonical(name)]
+    return importlib.import_module(mod).default_config()
+
+
+def make_solver(name: str, cfg=None, denoiser=None, seed: int = 0, device=None):
+    """Instantiate solver ``name`` with config ``cfg`` (fields override its ``default_config()``)."""
+    if needs_prior(name) and denoiser is None:
+        raise ValueError(f"solver {name!r} needs a diffusion prior (denoiser)")
+    return solver_class(name)(cfg, denoiser=denoiser, seed=seed, device=device)

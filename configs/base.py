@@ -1,0 +1,49 @@
+"""Fields shared by every run config (``main.py --config=configs/<file>.py``).
+
+Any field can be overridden on the command line: ``--config.physics.acceleration=8``,
+``--config.solver_cfg.udigdip.t_start=300``.  Each solver's sub-config starts from that solver's
+``default_config()`` (``solvers/<name>.py``), whose comments say which values come from a paper.
+"""
+import ml_collections
+
+import solvers
+
+
+def get_base_config():
+    c = ml_collections.ConfigDict()
+    c.deg = "MRI-multi"             # comma list of MRI-multi | SV-CT | LA-CT
+    c.solvers = "udigdip,aseqdip,dip"  # comma list, see solvers.REGISTRY
+    c.seed = 0
+    c.device = "auto"               # auto | cpu | cuda | cuda:1
+    c.workdir = "exp"
+    c.run_name = ""
+    c.log_every = 25                # metric curves / callback period (optimizer steps)
+
+    c.data = ml_collections.ConfigDict()
+    c.data.path = "indist_samples"  # DDS-style folder, fastMRI .h5, AAPM .npy or DICOM
+    c.data.volumes = ""             # comma list of volume sub-folders ("" = all)
+    c.data.max_slices = 0           # 0 = all slices of the selection
+
+    c.physics = ml_collections.ConfigDict()
+    # MRI
+    c.physics.mask = "uniform1d"    # physics.masks.MASK_NAMES
+    c.physics.acceleration = 4.0
+    c.physics.center_fraction = 0.08
+    c.physics.mask_seed = 0
+    # CT
+    c.physics.num_views = 30
+    c.physics.angle_range = 90.0    # LA-CT only (SV-CT always scans 180°)
+    c.physics.num_detectors = 0     # 0 = ceil(√2 N)
+    # both: y = A x + σ n
+    c.physics.noise_sigma = 0.0
+
+    c.prior = ml_collections.ConfigDict()
+    c.prior.mri = "demo_mri_64"     # configs/priors.py name
+    c.prior.ct = "demo_ct_64"
+    c.prior.ckpt = ""               # override the checkpoint file (single-modality runs)
+    c.prior.bf16 = False            # bf16 autocast for the prior
+
+    c.solver_cfg = ml_collections.ConfigDict()
+    for name in solvers.REGISTRY:
+        c.solver_cfg[name] = solvers.default_config(name)
+    return c

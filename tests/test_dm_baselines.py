@@ -1,0 +1,355 @@
+"""Tests of the diffusion-model baselines: batched CG, DDS and DPS.
+
+Uses tiny stand-ins (masked-FFT and random-matrix operators, analytic denoisers following the
+``models.denoiser.Denoiser`` interface) so the tests are fast and independent of the U-Net.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from models.diffusion import DiffusionSchedule
+from solvers.cg import batch_dot, conjugate_gradient
+from solvers.dds import DDS, dds_timesteps
+from solvers.dds import default_config as dds_config
+from solvers.dps import DPS
+
+H = W = 32
+
+
+# ----------------------------------------------------------------------------- stand-ins
+def _Schedule():
+    return DiffusionSchedule(1e-4, 0.02, 1000)  # the DDS schedule
+
+
+class MaskedFFT(torch.nn.Module):
+    """Single-coil Cartesian MRI: A x = M ⊙ F x (orthonormal FFT), y: [B,1,H,W]."""
+
+    is_complex = True
+
+    def __init__(self, mask):
+        super().__init__()
+        self.mask = mask
+        self.image_shape = tuple(mask.shape)
+
+    def forward(self, x):
+        return (self.mask * torch.fft.fft2(x, norm="ortho"))[:, None]
+
+    def adjoint(self, y):
+        return torch.fft.ifft2(self.mask * y[:, 0], norm="ortho")
+
+    def normal(self, x):
+        return self.adjoint(self.forward(x))
+
+    def input_image(self, y):
+        return self.adjoint(y)
+
+
+class MatrixOp(torch.nn.Module):
+    """Real operator A ∈ R^{M×HW} (CT stand-in): [B,H,W] → [B,M]."""
+
+    is_complex = False
+
+    def __init__(self, A, shape):
+        super().__init__()
+        self.A = A
+        self.image_shape = shape
+
+    def forward(self, x):
+        return x.reshape(x.shape[0], -1) @ self.A.T
+
+    def adjoint(self, y):
+        return (y @ self.A).reshape(y.shape[0], *self.image_shape)
+
+    def normal(self, x):
+        return self.adjoint(self.forward(x))
+
+    def input_image(self, y):
+        return self.adjoint(y)
+
+
+class OracleDenoiser:
+    """Perfect denoiser: x̂₀ = x_true whatever x_t; ε consistent with it."""
+
+    def __init__(self, x_true, is_complex):
+        self.x_true = x_true
+        self.schedule = _Schedule()
+        self.is_complex = is_complex
+        self.calls = 0
+
+    def eps(self, x_t, t):
+        self.calls += 1
+        a = float(self.schedule.alphas_cumprod[int(t)])
+        return (x_t - math.sqrt(a) * self.x_true) / math.sqrt(1 - a)
+
+    def __call__(self, x_t, t):
+        return self.x_true.expand_as(x_t)
+
+
+class GaussianDenoiser:
+    """Exact MMSE denoiser of the prior x₀ ~ N(m, s² I): differentiable in x_t."""
+
+    def __init__(self, is_complex, s=0.5, mean=0.0):
+        self.schedule = _Schedule()
+        self.is_complex = is_complex
+        self.s, self.m = s, mean
+
+    def __call__(self, x_t, t):
+        a = float(self.schedule.alphas_cumprod[int(t)])
+        s2 = self.s ** 2
+        return self.m + math.sqrt(a) * s2 * (x_t - math.sqrt(a) * self.m) / (a * s2 + 1 - a)
+
+    def eps(self, x_t, t):
+        a = float(self.schedule.alphas_cumprod[int(t)])
+        return (x_t - math.sqrt(a) * self(x_t, t)) / math.sqrt(1 - a)
+
+
+def _complex_image(B=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.complex(torch.rand(B, H, W, generator=g), 0.3 * torch.randn(B, H, W, generator=g))
+
+
+def _mask(frac=0.3, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    m = (torch.rand(H, W, generator=g) < frac).float()
+    m[:4, :4] = 1.0
+    return m
+
+
+def _matrix_op(M=300, seed=2):
+    g = torch.Generator().manual_seed(seed)
+    return MatrixOp(torch.randn(M, H * W, generator=g) / math.sqrt(H * W), (H, W))
+
+
+def _quiet(**kw):
+    return {"progress": False, **kw}
+
+
+# ----------------------------------------------------------------------------- CG
+@pytest.mark.parametrize("dtype", [torch.float64, torch.complex128])
+def test_cg_random_hpd_batched(dtype):
+    g = torch.Generator().manual_seed(0)
+    B, n = 3, 4
+    N = n * n
+    Q = torch.randn(B, N, N, generator=g, dtype=torch.float64)
+    if dtype.is_complex:
+        Q = torch.complex(Q, torch.randn(B, N, N, generator=g, dtype=torch.float64))
+    Ms = Q @ Q.mH + 0.5 * torch.eye(N, dtype=dtype)  # different HPD matrix per batch element
+    x_true = torch.randn(B, N, generator=g, dtype=torch.float64).to(dtype)
+    b = (Ms @ x_true[..., None])[..., 0].reshape(B, n, n)
+
+    def apply(x):
+        return (Ms @ x.reshape(B, N, 1)).reshape(B, n, n)
+
+    x = conjugate_gradient(apply, b, torch.zeros_like(b), num_iters=4 * N, tol=0.0)
+    err = (x.reshape(B, N) - x_true).abs().max()
+    assert err < 1e-6, err
+    # Fewer iterations → not solved (the test can fail).
+    x2 = conjugate_gradient(apply, b, torch.zeros_like(b), num_iters=2, tol=0.0)
+    assert (x2.reshape(B, N) - x_true).abs().max() > 1e-3
+
+
+def test_cg_proximal_mri_system_matches_closed_form():
+    """(I + γAᴴA)x = b for masked FFT: two eigenvalues → CG exact in 2 iterations."""
+    op, gamma = MaskedFFT(_mask().double()), 5.0
+    g = torch.Generator().manual_seed(3)
+    b = torch.complex(torch.randn(2, H, W, generator=g, dtype=torch.float64),
+                      torch.randn(2, H, W, generator=g, dtype=torch.float64))
+    x0 = torch.zeros_like(b)
+    closed = torch.fft.ifft2(torch.fft.fft2(b, norm="ortho") / (1 + gamma * op.mask), norm="ortho")
+    x = conjugate_gradient(lambda v: v + gamma * op.normal(v), b, x0, num_iters=2)
+    assert (x - closed).abs().max() < 1e-10
+    x1 = conjugate_gradient(lambda v: v + gamma * op.normal(v), b, x0, num_iters=1)
+    assert (x1 - closed).abs().max() > 1e-2
+
+
+def test_cg_real_proximal_tolerance_and_zero_rhs():
+    op, gamma = _matrix_op(), 5.0
+    op.A = op.A.double()
+    g = torch.Generator().manual_seed(4)
+    b = torch.randn(3, H, W, generator=g, dtype=torch.float64)
+    b[1] = 0.0  # already solved element: must stay exactly 0, no NaN
+    apply = lambda v: v + gamma * op.normal(v)  # noqa: E731
+    x = conjugate_gradient(apply, b, torch.zeros_like(b), num_iters=500, tol=1e-8)
+    assert torch.isfinite(x).all()
+    assert torch.equal(x[1], torch.zeros_like(x[1]))
+    r = b - apply(x)
+    rel = torch.sqrt(batch_dot(r, r)[[0, 2]] / batch_dot(b, b)[[0, 2]])
+    assert (rel < 1e-7).all(), rel
+
+
+# ----------------------------------------------------------------------------- DDS
+def test_dds_timesteps_match_dds_code():
+    pairs = dds_timesteps(1000, 50)
+    assert len(pairs) == 50 and pairs[0] == (980, 960) and pairs[-1] == (0, -1)
+    assert all(t - tn == 20 for t, tn in pairs[:-1])
+
+
+@pytest.mark.parametrize("mode", ["proximal", "krylov"])
+def test_dds_oracle_fully_sampled_recovers_x_complex(mode):
+    x_true = _complex_image(B=2)
+    op = MaskedFFT(torch.ones(H, W))
+    y = op(x_true)
+    den = OracleDenoiser(x_true, is_complex=True)
+    res = DDS(_quiet(nfe=8, dc_mode=mode), den, seed=0)(y, op)
+    assert res.x_hat.shape == (2, H, W) and res.x_hat.is_complex()
+    assert (res.x_hat - x_true).abs().max() < 1e-4
+    assert den.calls == 8  # one NFE per step
+    assert res.history["residual"][-1] < 1e-5
+
+
+def test_dds_oracle_real_ct_standin():
+    g = torch.Generator().manual_seed(5)
+    x_true = torch.rand(1, H, W, generator=g)
+    op = _matrix_op(M=H * W)  # square, full rank (almost surely)
+    y = op(x_true)
+    res = DDS(_quiet(nfe=5), OracleDenoiser(x_true, is_complex=False), seed=0)(y, op)
+    assert not res.x_hat.is_complex()
+    assert (res.x_hat - x_true).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("mode", ["proximal", "krylov"])
+def test_dds_data_consistency_reduces_residual(mode):
+    x_true = _complex_image(B=2)
+    op = MaskedFFT(_mask())
+    y = op(x_true)
+    dds = DDS(_quiet(nfe=5, log_every=1, dc_mode=mode), GaussianDenoiser(True), seed=0)
+    # direct: one DC step on a wrong image
+    x0 = torch.zeros_like(x_true)
+    r_before = (op(x0) - y).abs().norm()
+    r_after = (op(dds.data_consistency(x0, y, op)) - y).abs().norm()
+    assert r_after < 0.5 * r_before
+    # inside sampling: every logged step has ‖A x̂₀' − y‖ < ‖A x̂₀ − y‖
+    res = dds(y, op)
+    h = res.history
+    assert len(h["residual"]) == 5
+    assert all(a < 0.5 * b for a, b in zip(h["residual"], h["residual_tweedie"])), h
+
+
+def test_dds_bit_identical_with_and_without_x_gt_and_seeded():
+    x_true = _complex_image(B=1)
+    op = MaskedFFT(_mask())
+    y = op(x_true)
+    den = GaussianDenoiser(True)
+    cfg = _quiet(nfe=5, log_every=2)
+    seen = []
+    r1 = DDS(cfg, den, seed=3)(y, op)
+    r2 = DDS(cfg, den, seed=3)(y, op, x_gt=x_true,
+                               callback=lambda k, x, info: seen.append((k, info["x_gt"])))
+    assert torch.equal(r1.x_hat, r2.x_hat)
+    assert r1.history == r2.history
+    assert [k for k, _ in seen] == [1, 3, 4]
+    assert all(xg is x_true for _, xg in seen)
+    dds = DDS(cfg, den, seed=3)
+    assert torch.equal(dds(y, op).x_hat, dds(y, op).x_hat)  # repeated call: same noise
+    r3 = DDS(cfg, den, seed=4)(y, op)
+    assert not torch.equal(r1.x_hat, r3.x_hat)
+
+
+def test_nan_measurements_raise():
+    op = MaskedFFT(_mask())
+    y = op(_complex_image(B=1))
+    y[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        DDS(_quiet(nfe=2), GaussianDenoiser(True))(y, op)
+    with pytest.raises(ValueError, match="NaN"):
+        DPS(_quiet(num_steps=2), GaussianDenoiser(True))(y, op)
+
+
+def test_bad_config_and_mismatched_prior():
+    with pytest.raises(ValueError, match="unknown"):
+        DDS({"gama": 1.0}, GaussianDenoiser(True))
+    with pytest.raises(ValueError, match="dc_mode"):
+        DDS({"dc_mode": "foo"}, GaussianDenoiser(True))
+    op = MaskedFFT(_mask())
+    with pytest.raises(ValueError, match="is_complex"):
+        DDS(_quiet(nfe=2), GaussianDenoiser(False))(op(_complex_image(B=1)), op)
+    assert dds_config().nfe == 50 and dds_config().eta == 0.85 and dds_config().num_cg == 5
+
+
+# ----------------------------------------------------------------------------- DPS
+@pytest.mark.parametrize("cplx", [True, False])
+def test_dps_guidance_reduces_residual_vs_unguided(cplx):
+    if cplx:
+        x_true, op = _complex_image(B=2), MaskedFFT(_mask())
+    else:
+        x_true = torch.rand(2, H, W, generator=torch.Generator().manual_seed(6))
+        op = _matrix_op()
+    y = op(x_true)
+    den = GaussianDenoiser(cplx, s=0.5, mean=0.5)
+
+    def rel_res(x):
+        r = op(x) - y
+        return (torch.sqrt(batch_dot(r, r) / batch_dot(y, y))).max().item()
+
+    guided = DPS(_quiet(num_steps=10, zeta=2.0, log_every=1), den, seed=0)(y, op)
+    plain = DPS(_quiet(num_steps=10, zeta=0.0, log_every=1), den, seed=0)(y, op)
+    assert torch.isfinite(torch.view_as_real(guided.x_hat) if cplx else guided.x_hat).all()
+    assert rel_res(guided.x_hat) < 0.7 * rel_res(plain.x_hat), (rel_res(guided.x_hat),
+                                                                 rel_res(plain.x_hat))
+    assert len(guided.history["residual"]) == 10
+
+
+def test_dps_bit_identical_with_and_without_x_gt_and_seeded():
+    x_true = _complex_image(B=1)
+    op = MaskedFFT(_mask())
+    y = op(x_true)
+    den = GaussianDenoiser(True)
+    cfg = _quiet(num_steps=4, log_every=2)
+    seen = []
+    r1 = DPS(cfg, den, seed=1)(y, op)
+    r2 = DPS(cfg, den, seed=1)(y, op, x_gt=x_true, callback=lambda k, x, i: seen.append(k))
+    assert torch.equal(r1.x_hat, r2.x_hat) and r1.history == r2.history
+    assert seen == [1, 3]
+    assert not torch.equal(r1.x_hat, DPS(cfg, den, seed=2)(y, op).x_hat)
+
+
+# ----------------------------------------------------------------------------- real modules
+_REF = "/work/shared/reference"
+
+
+def _real_prior(name):
+    import os
+    path = os.path.join(_REF, name)
+    if not os.path.exists(path):
+        pytest.skip(f"{path} not available")
+    from models.denoiser import load_prior
+    return load_prior(path)
+
+
+def test_dds_dps_with_real_adm_and_ct_operator():
+    """Small ADM (reference checkpoint, random weights) + ParallelBeamCT, 64², 3 steps."""
+    from physics.ct import ParallelBeamCT
+    den = _real_prior("adm_small_ct.pt")
+    op = ParallelBeamCT(64, num_views=12)
+    x = torch.rand(1, 64, 64, generator=torch.Generator().manual_seed(0))
+    y = op(x)
+    r = DDS(_quiet(nfe=2, log_every=1), den, seed=0)(y, op)
+    assert r.x_hat.shape == (1, 64, 64) and torch.isfinite(r.x_hat).all()
+    h = r.history
+    assert h["t"] == [500, 0]
+    assert all(a < b for a, b in zip(h["residual"], h["residual_tweedie"])), h
+    r2 = DDS(_quiet(nfe=2), den, seed=0)(y, op, x_gt=x)
+    assert torch.equal(r.x_hat, r2.x_hat)
+    d = DPS(_quiet(num_steps=2, zeta=0.5), den, seed=0)(y, op)  # backprop through the U-Net
+    assert d.x_hat.shape == (1, 64, 64) and torch.isfinite(d.x_hat).all()
+
+
+def test_dds_with_real_adm_and_multicoil_mri():
+    from physics.mri import MultiCoilMRI
+    den = _real_prior("adm_small_mri.pt")
+    g = torch.Generator().manual_seed(0)
+    S = torch.view_as_complex(torch.randn(4, 64, 64, 2, generator=g))
+    S = S / (S.abs() ** 2).sum(0).sqrt()
+    mask = torch.zeros(64, 64)
+    mask[:, ::4] = 1
+    mask[:, 28:36] = 1
+    op = MultiCoilMRI(mask, S)
+    x = 0.5 * torch.complex(torch.rand(1, 64, 64, generator=g), torch.zeros(1, 64, 64))
+    r = DDS(_quiet(nfe=2, log_every=1), den, seed=0)(op(x), op)
+    assert r.x_hat.shape == (1, 64, 64) and r.x_hat.dtype == torch.complex64
+    assert torch.isfinite(torch.view_as_real(r.x_hat)).all()
+    h = r.history
+    assert all(a < b for a, b in zip(h["residual"], h["residual_tweedie"])), h
