@@ -252,7 +252,8 @@ def match_colin_index(img: np.ndarray, colin: np.ndarray) -> tuple[int, float]:
 # Main
 # ----------------------------------------------------------------------------------------------
 def prepare(out: str, samples: str | None = None, log=print,
-            command: str = "python -m utils.prepare_data --out data --samples indist_samples") -> dict:
+            command: str = "python -m utils.prepare_data --out data --samples indist_samples",
+            sample_size: int = 64) -> dict:
     import nibabel as nib
 
     out = Path(out)
@@ -435,28 +436,41 @@ def prepare(out: str, samples: str | None = None, log=print,
     if samples is not None:
         if synthetic_coil_maps is None:
             raise RuntimeError("physics.coils.synthetic_coil_maps is needed for the samples' mps")
-        write_samples(out, Path(samples), manifest, log)
+        write_samples(out, Path(samples), manifest, log, size=sample_size)
     return manifest
 
 
-def write_samples(data: Path, samples: Path, manifest: dict, log=print) -> None:
-    """Copy every other held-out slice into the shipped DDS-layout sample folder."""
-    import shutil
+def write_samples(data: Path, samples: Path, manifest: dict, log=print, size: int = RES) -> None:
+    """Write every other held-out slice into the shipped DDS-layout sample folder, area-resampled
+    from ``RES`` to ``size`` (real and imaginary parts separately); the coil maps are made anew at
+    ``size`` with ``synthetic_coil_maps(NUM_COILS, size, size, seed=k)``."""
+    from physics.coils import synthetic_coil_maps
 
     (samples / "CT" / "cranium").mkdir(parents=True, exist_ok=True)
     (samples / "MRI" / "colin27" / "slice").mkdir(parents=True, exist_ok=True)
     (samples / "MRI" / "colin27" / "mps").mkdir(parents=True, exist_ok=True)
+
+    def resample(a: np.ndarray) -> np.ndarray:
+        if size == a.shape[-1]:
+            return a
+        if np.iscomplexobj(a):
+            return (resize_area(a.real, size) + 1j * resize_area(a.imag, size)).astype(a.dtype)
+        return resize_area(a, size).astype(a.dtype)
+
     for k in CT_SAMPLES:
-        shutil.copyfile(data / "heldout" / "CT" / "cranium" / f"{k:03d}.npy",
-                        samples / "CT" / "cranium" / f"{k:03d}.npy")
+        a = np.load(data / "heldout" / "CT" / "cranium" / f"{k:03d}.npy")
+        np.save(samples / "CT" / "cranium" / f"{k:03d}.npy", resample(a))
     for k in MR_SAMPLES:
-        for sub in ("slice", "mps"):
-            shutil.copyfile(data / "heldout" / "MRI" / "colin27" / sub / f"{k:03d}.npy",
-                            samples / "MRI" / "colin27" / sub / f"{k:03d}.npy")
+        a = np.load(data / "heldout" / "MRI" / "colin27" / "slice" / f"{k:03d}.npy")
+        np.save(samples / "MRI" / "colin27" / "slice" / f"{k:03d}.npy", resample(a))
+        mps = np.asarray(synthetic_coil_maps(NUM_COILS, size, size, seed=k)).astype(np.complex64)
+        np.save(samples / "MRI" / "colin27" / "mps" / f"{k:03d}.npy", mps)
     small = {key: manifest[key] for key in ("command", "resolution", "resampling", "gap", "ct_window",
                                             "mr_normalisation", "mr_phase", "source_ids", "licences",
                                             "coil_maps", "counts")}
     small["volumes"] = manifest["volumes"]
+    small["sample_resolution"] = [size, size]
+    small["coil_maps"] = f"physics.coils.synthetic_coil_maps({NUM_COILS}, {size}, {size}, seed=k)"
     small["extra_training"] = [{k: v for k, v in e.items() if k != "slices"}
                                for e in manifest["extra_training"]]
     with open(samples / "manifest.json", "w") as f:
@@ -469,9 +483,13 @@ def main(argv=None):
     ap.add_argument("--out", default="data", help="output folder (train/, heldout/, manifest.json)")
     ap.add_argument("--samples", default=None,
                     help="also write the shipped sample folder (e.g. indist_samples)")
+    ap.add_argument("--sample_size", type=int, default=64,
+                    help="resolution of the shipped samples (area-resampled from the 128² held-out slices; "
+                         "64 matches the shipped priors)")
     args = ap.parse_args(argv)
     argv = sys.argv[1:] if argv is None else list(argv)
-    prepare(args.out, args.samples, command=" ".join([".venv/bin/python -m utils.prepare_data"] + argv))
+    prepare(args.out, args.samples, command=" ".join([".venv/bin/python -m utils.prepare_data"] + argv),
+            sample_size=args.sample_size)
 
 
 if __name__ == "__main__":
