@@ -36,21 +36,24 @@ Intensity scaling
 -----------------
 * ``forward``: line integrals in pixel units (see above).  For a CT image in [0, 1] of size 256 the
   sinogram values are O(100).
+* ``adjoint``: the exact ``Aᵀ`` (no scaling) -- what data-consistency gradients need.
 * ``fbp(y)`` (= ``input_image``): ramp-type filter applied along the detector in the Fourier
   domain with zero padding to ``max(64, 2^ceil(log2(2D)))`` (spatial-domain Ram-Lak kernel of
   Kak & Slaney, frequency response ``|ω|`` in cycles/pixel, optionally apodised), back-projected
-  with ``Aᵀ`` and scaled by the angular quadrature weight ``min(angle_range, 180°)[rad] / V``
-  (``π/V`` for a half-circle scan).  FBP of the line integrals therefore reconstructs the image
-  values (``fbp(A x) ≈ x``).  For limited-angle scans the weight equals "zero-fill the missing
-  wedge of a full 180° scan with the same angular spacing".  This equals
-  ``skimage.transform.iradon`` (filter ×2, weight π/(2V)) and the DDS/DiffusionMBIR ``A_dagger``
-  (pytorch_radon ``IRadon``) for 180° scans.
+  and scaled by the angular quadrature weight ``min(angle_range, 180°)[rad] / V`` (``π/V`` for a
+  half-circle scan), so FBP of the line integrals reconstructs the image values
+  (``fbp(A x) ≈ x``).  For limited-angle scans the weight equals "zero-fill the missing wedge of a
+  full 180° scan with the same angular spacing".  Back-projector: ``backprojector="interp"``
+  (default) is a pixel-driven linear-interpolation back-projection (a second cached sparse matrix,
+  built on the first ``fbp`` call) -- the thin-ray Siddon transpose ``Aᵀ`` has position-dependent
+  weights that cost ~2 dB of FBP PSNR (256², 180 views: 32.5 vs 30.4 dB on Shepp-Logan), so
+  ``backprojector="adjoint"`` (exact ``Aᵀ``) is only an option.  With "interp" our FBP equals
+  ``skimage.transform.iradon`` (its filter ×2 and weight π/(2V)) and the DDS/DiffusionMBIR
+  ``A_dagger`` (pytorch_radon ``IRadon``) for 180° scans.
 * DDS convention: DDS's ``AT`` (pytorch_radon ``IRadon(use_filter=None)``) is the *unfiltered*
-  back-projection scaled by ``π/(2V)``: available as :meth:`ParallelBeamCT.dds_backprojection`
-  (``= π/(2V) · Aᵀ y``; our ``Aᵀ`` sums area weights that add up to one per pixel and view, i.e.
-  it is an interpolating back-projection like DDS's ``grid_sample``).  Use it (and
-  ``fbp``) when numbers must be comparable with that baseline; ``adjoint`` is the exact ``Aᵀ``
-  (no scaling), which is what data-consistency gradients need.
+  bilinear back-projection scaled by ``π/(2V)``: :meth:`ParallelBeamCT.dds_backprojection`
+  (``= π/(2V) · BP_interp(y)``, or with ``backprojector="adjoint"`` ``π/(2V) · Aᵀ y``).  Use it
+  (and ``fbp``) when numbers must be comparable with that baseline.
 """
 from __future__ import annotations
 
@@ -69,6 +72,7 @@ __all__ = [
     "fbp",
     "dds_backprojection",
     "system_matrix",
+    "backprojection_matrix",
     "default_num_detectors",
     "detector_positions",
     "fourier_filter",
@@ -195,8 +199,40 @@ def _to_torch_csr(m: sp.csr_matrix) -> torch.Tensor:
         )
 
 
+def _build_interp_backprojector(n: int, angles_deg: np.ndarray, s: np.ndarray) -> sp.csr_matrix:
+    """Pixel-driven linear-interpolation back-projector ``[N*N, V*D]`` (float64 scipy CSR).
+
+    Row ``j`` (pixel centre ``p_j``) has, for every view, the two linear-interpolation weights of
+    ``<p_j, n_v>`` between the neighbouring detector-bin centres (zero outside the detector).
+    Requires uniformly spaced bins ``s``.
+    """
+    d = s.shape[0]
+    spacing = (s[-1] - s[0]) / (d - 1) if d > 1 else 1.0
+    c = np.arange(n, dtype=np.float64) - (n - 1) / 2.0
+    px = np.tile(c, n)  # x of flat pixel index row*N + col
+    py = np.repeat(c[::-1], n)  # y (up)
+    pix = np.arange(n * n, dtype=np.int64)
+    rows, cols, vals = [], [], []
+    for v, ang in enumerate(np.radians(np.asarray(angles_deg, dtype=np.float64))):
+        u = (px * math.cos(ang) + py * math.sin(ang) - s[0]) / spacing
+        k0 = np.floor(u)
+        w1 = u - k0
+        k0 = k0.astype(np.int64)
+        for kk, ww in ((k0, 1.0 - w1), (k0 + 1, w1)):
+            ok = (kk >= 0) & (kk < d) & (ww > 0)
+            rows.append(pix[ok])
+            cols.append((v * d + kk[ok]).astype(np.int32))
+            vals.append(ww[ok])
+    b = sp.csr_matrix(
+        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+        shape=(n * n, len(angles_deg) * d),
+    )
+    b.sum_duplicates()
+    return b
+
+
 _CACHE: "OrderedDict[tuple, tuple]" = OrderedDict()
-_CACHE_SIZE = 4
+_CACHE_SIZE = 8
 LAST_BUILD_SECONDS: Optional[float] = None  # wall time of the most recent (uncached) build
 
 
@@ -205,19 +241,40 @@ def clear_cache() -> None:
     _CACHE.clear()
 
 
+def _cache_key(kind: str, image_size, ang: np.ndarray, pos: np.ndarray) -> tuple:
+    return (kind, int(image_size), np.round(ang, 9).tobytes(), np.round(pos, 9).tobytes())
+
+
+def _cache_put(key, value) -> None:
+    _CACHE[key] = value
+    while len(_CACHE) > _CACHE_SIZE:
+        _CACHE.popitem(last=False)
+
+
+def backprojection_matrix(image_size: int, angles_deg: Sequence[float], detector_pos: Sequence[float]):
+    """Cached linear-interpolation back-projector ``[N², V·D]`` (float64 CPU torch CSR)."""
+    ang = np.asarray(angles_deg, dtype=np.float64)
+    pos = np.asarray(detector_pos, dtype=np.float64)
+    key = _cache_key("interp", image_size, ang, pos)
+    hit = _CACHE.get(key)
+    if hit is not None:
+        _CACHE.move_to_end(key)
+        return hit
+    b = _to_torch_csr(_build_interp_backprojector(int(image_size), ang, pos))
+    _cache_put(key, b)
+    return b
+
+
 def system_matrix(image_size: int, angles_deg: Sequence[float], detector_pos: Sequence[float]):
     """Cached ``(A, Aᵀ)`` as float64 CPU torch sparse CSR tensors for one geometry.
 
-    Key: ``(N, angles rounded to 1e-9°, detector positions rounded to 1e-9)``; LRU of size 4.
+    Key: ``(N, angles rounded to 1e-9°, detector positions rounded to 1e-9)``; the module-level
+    LRU holds 8 entries (system matrices and interpolating back-projectors).
     """
     global LAST_BUILD_SECONDS
     ang = np.asarray(angles_deg, dtype=np.float64)
     pos = np.asarray(detector_pos, dtype=np.float64)
-    key = (
-        int(image_size),
-        np.round(ang, 9).tobytes(),
-        np.round(pos, 9).tobytes(),
-    )
+    key = _cache_key("siddon", image_size, ang, pos)
     hit = _CACHE.get(key)
     if hit is not None:
         _CACHE.move_to_end(key)
@@ -228,9 +285,7 @@ def system_matrix(image_size: int, angles_deg: Sequence[float], detector_pos: Se
     at.sort_indices()
     pair = (_to_torch_csr(a), _to_torch_csr(at))
     LAST_BUILD_SECONDS = time.perf_counter() - t0
-    _CACHE[key] = pair
-    while len(_CACHE) > _CACHE_SIZE:
-        _CACHE.popitem(last=False)
+    _cache_put(key, pair)
     return pair
 
 
@@ -284,8 +339,11 @@ class _SparseApply(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        g = _SparseApply.apply(grad.contiguous(), ctx.mat_t, ctx.mat) if ctx.needs_input_grad[0] else None
-        return g, None, None
+        if not ctx.needs_input_grad[0]:
+            return None, None, None
+        if ctx.mat_t is None:  # no stored transpose (interpolating back-projector): slow path
+            return torch.sparse.mm(ctx.mat.to_sparse_coo().t().coalesce(), grad.contiguous()), None, None
+        return _SparseApply.apply(grad.contiguous(), ctx.mat_t, ctx.mat), None, None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -360,6 +418,7 @@ class ParallelBeamCT(torch.nn.Module):
         a, at = system_matrix(self.image_size, self.angles_deg, self.detector_pos)
         self.register_buffer("matrix", a, persistent=False)
         self.register_buffer("matrix_t", at, persistent=False)
+        self.register_buffer("bp_matrix", None, persistent=False)  # built on first fbp()
         self._converted: dict = {}
 
     # -- internals --------------------------------------------------------------------------
@@ -374,19 +433,31 @@ class ParallelBeamCT(torch.nn.Module):
     def nnz(self) -> int:
         return int(self.matrix._nnz())
 
-    def _mats(self, dtype: torch.dtype, device: torch.device):
-        a, at = self.matrix, self.matrix_t
-        if a.dtype == dtype and a.device == device:
-            return a, at
-        key = (dtype, str(device))
+    def _converted_copy(self, name: str, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """Buffer ``name`` in the requested dtype/device (copies cached until the buffer changes)."""
+        buf = getattr(self, name)
+        if buf.dtype == dtype and buf.device == device:
+            return buf
+        key = (name, dtype, str(device))
         hit = self._converted.get(key)
-        # invalidate if the buffers were replaced (e.g. by .to())
-        if hit is not None and hit[2] is a:
-            return hit[0], hit[1]
-        pair = (a.to(device=device, dtype=dtype), at.to(device=device, dtype=dtype))
-        self._converted = {k: v for k, v in self._converted.items() if v[2] is a}
-        self._converted[key] = (pair[0], pair[1], a)
-        return pair
+        if hit is not None and hit[1] is buf:
+            return hit[0]
+        conv = buf.to(device=device, dtype=dtype)
+        self._converted = {k: v for k, v in self._converted.items() if v[1] is getattr(self, k[0])}
+        self._converted[key] = (conv, buf)
+        return conv
+
+    def _mats(self, dtype: torch.dtype, device: torch.device):
+        return (
+            self._converted_copy("matrix", dtype, device),
+            self._converted_copy("matrix_t", dtype, device),
+        )
+
+    def _interp_bp(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        if self.bp_matrix is None:
+            b = backprojection_matrix(self.image_size, self.angles_deg, self.detector_pos)
+            self.bp_matrix = b.to(device=self.matrix.device, dtype=self.matrix.dtype)
+        return self._converted_copy("bp_matrix", dtype, device)
 
     @staticmethod
     def _check_real(t: torch.Tensor, what: str) -> None:
@@ -448,29 +519,57 @@ class ParallelBeamCT(torch.nn.Module):
         spec = torch.fft.rfft(y, n=size, dim=-1)
         return torch.fft.irfft(spec * filt_t, n=size, dim=-1)[..., :d]
 
-    def fbp(self, y: torch.Tensor, filter: str = "ramp") -> torch.Tensor:
-        """Filtered back-projection: ``dθ · Aᵀ (h * y)`` with ``dθ = min(range,180°)/V`` (rad)."""
+    def backproject(self, y: torch.Tensor, backprojector: str = "interp") -> torch.Tensor:
+        """Unscaled back-projection ``[B,V,D] → [B,N,N]``.
+
+        ``"interp"``: pixel-driven linear interpolation ``Σ_v y_v(<p_j, n_v>)`` (like skimage's
+        ``iradon`` and DDS's ``grid_sample``; not the exact transpose of ``A``); ``"adjoint"``: the
+        exact ``Aᵀ`` (Siddon weights).
+        """
+        if backprojector == "adjoint":
+            return self.adjoint(y)
+        if backprojector != "interp":
+            raise ValueError(f"unknown backprojector {backprojector!r}; use 'interp' or 'adjoint'")
+        self._check_sino(y)
+        bmat = self._interp_bp(y.dtype, y.device)
+        b = y.shape[0]
+        cols = y.reshape(b, -1).t().contiguous()
+        out = _SparseApply.apply(cols, bmat, None)
+        return out.t().reshape(b, self.image_size, self.image_size)
+
+    def fbp(self, y: torch.Tensor, filter: str = "ramp", backprojector: str = "interp") -> torch.Tensor:
+        """Filtered back-projection ``dθ · BP(h * y)`` with ``dθ = min(range, 180°)/V`` (radians).
+
+        ``backprojector="interp"`` (default, ~2 dB better FBP than the Siddon transpose at 256²,
+        180 views) or ``"adjoint"`` (exact ``Aᵀ``).
+        """
         _check_filter(filter)
-        return self.adjoint(self.filter_sinogram(y, filter)) * (self.fbp_scale / self.detector_spacing)
+        if backprojector not in ("interp", "adjoint"):
+            raise ValueError(f"unknown backprojector {backprojector!r}; use 'interp' or 'adjoint'")
+        q = self.filter_sinogram(y, filter)
+        return self.backproject(q, backprojector) * (self.fbp_scale / self.detector_spacing)
 
     def input_image(self, y: torch.Tensor) -> torch.Tensor:
-        """Solver initialisation z₀ = FBP (ramp filter)."""
+        """Solver initialisation z₀ = FBP (ramp filter, interpolating back-projector)."""
         return self.fbp(y)
 
-    def dds_backprojection(self, y: torch.Tensor) -> torch.Tensor:
-        """DDS ``AT``: unfiltered back-projection scaled by ``π/(2V)``."""
-        return self.adjoint(y) * self.dds_scale
+    def dds_backprojection(self, y: torch.Tensor, backprojector: str = "interp") -> torch.Tensor:
+        """DDS ``AT``: unfiltered back-projection scaled by ``π/(2V)`` (``"interp"`` matches
+        DDS's bilinear ``grid_sample`` back-projection; ``"adjoint"`` uses the exact ``Aᵀ``)."""
+        return self.backproject(y, backprojector) * self.dds_scale
 
 
-def fbp(y: torch.Tensor, operator: ParallelBeamCT, filter: str = "ramp") -> torch.Tensor:
+def fbp(
+    y: torch.Tensor, operator: ParallelBeamCT, filter: str = "ramp", backprojector: str = "interp"
+) -> torch.Tensor:
     """Module-level alias of :meth:`ParallelBeamCT.fbp`."""
     if not isinstance(operator, ParallelBeamCT):
         raise ValueError(f"operator must be a ParallelBeamCT, got {type(operator).__name__}")
-    return operator.fbp(y, filter=filter)
+    return operator.fbp(y, filter=filter, backprojector=backprojector)
 
 
-def dds_backprojection(y: torch.Tensor, operator: ParallelBeamCT) -> torch.Tensor:
+def dds_backprojection(y: torch.Tensor, operator: ParallelBeamCT, backprojector: str = "interp") -> torch.Tensor:
     """Module-level alias of :meth:`ParallelBeamCT.dds_backprojection`."""
     if not isinstance(operator, ParallelBeamCT):
         raise ValueError(f"operator must be a ParallelBeamCT, got {type(operator).__name__}")
-    return operator.dds_backprojection(y)
+    return operator.dds_backprojection(y, backprojector=backprojector)

@@ -20,7 +20,7 @@ slope (:func:`tangent_distance` lets tests exclude bins near them).
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 
