@@ -1,0 +1,539 @@
+"""Batched uDiG-DIP / aSeqDIP: ``B`` slices reconstructed together by ``B`` independent DIP networks.
+
+Each slice ``b`` has its own U-Net ``f_{θ_b}`` initialised with ``build_dip_net(seed_b)`` (exactly
+the weights of a one-at-a-time :class:`solvers.udig_dip.UDiGDIP` run with ``seed=seed_b``), its
+own Adam state, its own purification noise (``torch.Generator`` seeded ``seed_b + 1``) and its own
+NaN guard.  The ``B`` networks are evaluated in ONE call:
+
+* parameters are stacked with ``torch.func.stack_module_state`` (``[B, ...]`` per tensor) and the
+  network is run with ``torch.func.vmap(functional_call)`` over a batch of ONE image per network
+  (``[B, 1, C, H, W]``), so every BatchNorm normalises with the statistics of its own slice only,
+  exactly as a batch-1 single run does.  ``torch.func.replace_all_batch_norm_modules_`` removes
+  the BatchNorm running statistics (in-place buffer updates are not allowed under ``vmap``); the
+  DIP solvers never use them (the network stays in train mode to the end, so every forward,
+  including the final ``f_θ(z_K)``, normalises with batch statistics), so outputs are unchanged.
+* the loss is the SUM over slices of the per-slice losses ``L_b = ‖A f_{θ_b}(z_b) − y_b‖² +
+  λ‖f_{θ_b}(z_b) − z_b‖²`` (each with the solver's reduction over that slice only), hence
+  ``∂L/∂θ_b = ∂L_b/∂θ_b``: gradients do not couple;
+* :class:`StackedAdam` is Adam applied elementwise to the stacked tensors (Adam is elementwise,
+  so this is ``B`` independent Adams) with a per-slice learning rate and step count (the NaN
+  guard halves one slice's learning rate and rolls back only that slice);
+* purification is one batched prior call (``Denoiser.eps`` on ``[B,H,W]``), with the forward
+  noise drawn per slice from that slice's generator, in the same order as a single run.
+
+Equivalence with one-at-a-time runs: the batched and the single computations are the same
+arithmetic except for the summation order inside the convolutions (vmap over stacked weights runs
+a grouped convolution; a batch-1 single run a plain one) and inside the prior's batched kernels.
+In float64 the per-slice results therefore agree with :class:`UDiGDIP` to ~1e-10 relative; in
+float32 the ~1e-7 rounding differences are amplified by Adam (it normalises the gradient, so
+tiny gradient components can flip sign) and by the non-linear loop, and the agreement is ~1e-4–1e-3
+relative after a few dozen steps (``tests/test_perf.py`` checks both).  Bit-identity is not
+possible with different kernels.
+
+Usage::
+
+    physics = stack_physics([A_0, ..., A_{B-1}])          # or one operator shared by the batch
+    res = BatchedUDiGDIP(cfg, denoiser, seeds=[s_0, ..., s_{B-1}])(y [B,...], physics)
+    for b, r in enumerate(split_result(res)): ...         # per-slice Results like UDiGDIP's
+
+``BatchedSeqDIP`` is the purification-free variant (aSeqDIP).  The network's parameter dtype
+follows the measurements (float64 for complex128 / float64 data, else float32).  Optional
+``cfg.perf`` fields: ``bf16`` (autocast the DIP network to bfloat16 on CUDA, or on CPU when
+``bf16_cpu``), ``compile`` (``torch.compile`` the vmapped network; falls back with a warning).
+"""
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+import torch.nn as nn
+
+from models.diffusion import randn_like
+from models.dip_unet import build_dip_net
+from solvers.base import Callback, Result, check_measurements
+from solvers.common import deterministic_mode, initial_input, make_generator, progress_bar, resolve_config
+from solvers.udig_dip import UDiGDIP, default_config as _udig_default_config
+from utils.complex import from_channels, to_channels
+
+__all__ = ["BatchedDIPNets", "StackedAdam", "BatchedUDiGDIP", "BatchedSeqDIP", "split_result",
+           "stack_physics", "batched_purify"]
+
+
+def _perf_defaults() -> dict:
+    return dict(bf16=False,       # autocast the DIP network to bfloat16 (CUDA). Our choice: off (exactness).
+                bf16_cpu=False,   # also autocast on CPU (slow on most CPUs). Our choice.
+                compile=False)    # torch.compile the vmapped network. Our choice: off.
+
+
+def default_config():
+    """uDiG-DIP's config (``solvers.udig_dip.default_config``) plus ``perf`` (see module docstring)."""
+    cfg = _udig_default_config()
+    cfg.perf = _perf_defaults()
+    return cfg
+
+
+def seqdip_default_config():
+    from solvers.seqdip import default_config as seq_default
+
+    cfg = seq_default()
+    cfg.perf = _perf_defaults()
+    return cfg
+
+
+# ----------------------------------------------------------------------------------- networks
+class BatchedDIPNets:
+    """``B`` independent :class:`models.dip_unet.DIPUNet` s evaluated with one ``vmap`` call.
+
+    ``params`` is a dict ``name → [B, ...]`` leaf tensor (``requires_grad``); calling with a
+    channel-packed input ``[B, C, H, W]`` returns ``[B, C_out, H, W]`` where row ``b`` is network
+    ``b`` applied to a batch of one image (its own BatchNorm statistics).
+    """
+
+    def __init__(self, net_cfg: Any, is_complex: bool, seeds: Sequence[int], device=None,
+                 dtype: torch.dtype = torch.float32, in_channels: Optional[int] = None,
+                 compile: bool = False):
+        from torch.func import replace_all_batch_norm_modules_, stack_module_state
+
+        nets = []
+        for s in seeds:
+            n = build_dip_net(net_cfg, is_complex, int(s), in_channels=in_channels, device=device)
+            n = n.to(dtype=dtype).train()
+            replace_all_batch_norm_modules_(n)   # no running stats (unused by DIP, see docstring)
+            nets.append(n)
+        params, buffers = stack_module_state(nets)
+        self.params = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
+        self.buffers = {k: v.detach().clone() for k, v in buffers.items()}
+        self.base = copy.deepcopy(nets[0]).to("meta").train()
+        self.batch = len(nets)
+        self.num_params_per_net = sum(p.numel() for p in nets[0].parameters())
+        self._fn = self._make_fn()
+        if compile:
+            try:
+                self._fn = torch.compile(self._fn, dynamic=False)
+            except Exception as e:  # pragma: no cover - depends on the toolchain
+                warnings.warn(f"torch.compile failed ({e!r}); running eagerly", stacklevel=2)
+
+    def _make_fn(self) -> Callable:
+        from torch.func import functional_call, vmap
+
+        base = self.base
+
+        def one(p, b, x):
+            return functional_call(base, (p, b), (x.unsqueeze(0),)).squeeze(0)
+
+        vm = vmap(one, in_dims=(0, 0, 0), randomness="error")
+        return lambda params, buffers, x: vm(params, buffers, x)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[0] != self.batch:
+            raise ValueError(f"BatchedDIPNets expects [B={self.batch}, C, H, W], got {tuple(x.shape)}")
+        return self._fn(self.params, self.buffers, x)
+
+    def parameters(self) -> list[torch.Tensor]:
+        return list(self.params.values())
+
+    def unstack(self, b: int, template: Optional[nn.Module] = None) -> dict[str, torch.Tensor]:
+        """State dict (parameters only) of network ``b``."""
+        return {k: v[b].detach().clone() for k, v in self.params.items()}
+
+
+class StackedAdam:
+    """Adam on stacked ``[B, ...]`` parameters = ``B`` independent Adams (PyTorch's formula).
+
+    ``lr`` and the step count are per slice (lists of length ``B``); when they agree across the
+    batch (the normal case) the update is literally ``torch.optim.Adam``'s single-tensor update.
+    ``snapshot``/``restore(mask)`` copy / roll back the state of the slices in ``mask``.
+    """
+
+    def __init__(self, params: Sequence[torch.Tensor], batch: int, lr: float = 1e-4,
+                 betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0):
+        self.params = list(params)
+        self.B = int(batch)
+        self.lr = [float(lr)] * self.B
+        self.beta1, self.beta2 = (float(b) for b in betas)
+        self.eps, self.weight_decay = float(eps), float(weight_decay)
+        self.step_count = [0] * self.B
+        self.exp_avg = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in self.params]
+        self.exp_avg_sq = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in self.params]
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    def _per_slice(self, values: Sequence[float], like: torch.Tensor) -> torch.Tensor:
+        return torch.tensor(values, dtype=like.dtype, device=like.device).reshape(
+            (self.B,) + (1,) * (like.ndim - 1))
+
+    @torch.no_grad()
+    def step(self) -> None:
+        self.step_count = [s + 1 for s in self.step_count]
+        b1, b2 = self.beta1, self.beta2
+        uniform = len(set(self.step_count)) == 1 and len(set(self.lr)) == 1
+        bc1 = [1 - b1 ** s for s in self.step_count]
+        bc2s = [(1 - b2 ** s) ** 0.5 for s in self.step_count]
+        for p, m, v in zip(self.params, self.exp_avg, self.exp_avg_sq):
+            g = p.grad
+            if g is None:
+                continue
+            if self.weight_decay:
+                g = g.add(p, alpha=self.weight_decay)
+            m.lerp_(g, 1 - b1)
+            v.mul_(b2).addcmul_(g, g, value=1 - b2)
+            if uniform:
+                denom = (v.sqrt() / bc2s[0]).add_(self.eps)
+                p.addcdiv_(m, denom, value=-(self.lr[0] / bc1[0]))
+            else:
+                denom = (v.sqrt() / self._per_slice(bc2s, v)).add_(self.eps)
+                step_size = self._per_slice([lr / c for lr, c in zip(self.lr, bc1)], p)
+                p.sub_(step_size * m / denom)
+
+    def snapshot(self) -> dict:
+        return {"p": [p.detach().clone() for p in self.params], "m": [m.clone() for m in self.exp_avg],
+                "v": [v.clone() for v in self.exp_avg_sq], "step": list(self.step_count)}
+
+    @torch.no_grad()
+    def update_snapshot(self, snap: dict, mask: Sequence[bool]) -> None:
+        """Copy the current state of the slices where ``mask`` is True into ``snap``."""
+        idx = [b for b, ok in enumerate(mask) if ok]
+        if not idx:
+            return
+        if len(idx) == self.B:
+            snap.update(self.snapshot())
+            return
+        ii = torch.tensor(idx, device=self.params[0].device)
+        for key, cur in (("p", self.params), ("m", self.exp_avg), ("v", self.exp_avg_sq)):
+            for s, c in zip(snap[key], cur):
+                s.index_copy_(0, ii, c.detach().index_select(0, ii))
+        for b in idx:
+            snap["step"][b] = self.step_count[b]
+
+    @torch.no_grad()
+    def restore(self, snap: dict, mask: Sequence[bool]) -> None:
+        """Roll the slices where ``mask`` is True back to ``snap``."""
+        idx = [b for b, bad in enumerate(mask) if bad]
+        if not idx:
+            return
+        ii = torch.tensor(idx, device=self.params[0].device)
+        for key, cur in (("p", self.params), ("m", self.exp_avg), ("v", self.exp_avg_sq)):
+            for s, c in zip(snap[key], cur):
+                c.index_copy_(0, ii, s.index_select(0, ii))
+        for b in idx:
+            self.step_count[b] = snap["step"][b]
+
+
+# ---------------------------------------------------------------------------------- physics
+def stack_physics(ops: Sequence[nn.Module]) -> nn.Module:
+    """One batched operator from ``B`` single-slice operators.
+
+    * ``MultiCoilMRI``: masks stacked to ``[B,H,W]``, coil maps to ``[B,C,H,W]`` (all slices must
+      have the same ``H, W`` and coil count);
+    * anything else (e.g. ``ParallelBeamCT``): the operators must be the same geometry (checked
+      by ``extra_repr``); the first one is returned, it acts slice-wise on a ``[B,...]`` batch.
+    """
+    ops = list(ops)
+    if not ops:
+        raise ValueError("stack_physics needs at least one operator")
+    from physics.mri import MultiCoilMRI
+
+    if all(isinstance(o, MultiCoilMRI) for o in ops):
+        masks = torch.stack([o.mask if o.mask.ndim == 2 else o.mask.reshape(o.mask.shape[-2:]) for o in ops])
+        maps = [o.sens_maps for o in ops]
+        if any(m is None for m in maps):
+            if not all(m is None for m in maps):
+                raise ValueError("stack_physics: mix of single-coil and multi-coil MRI operators")
+            return MultiCoilMRI(masks)
+        maps = torch.stack([m if m.ndim == 3 else m.reshape(m.shape[-3:]) for m in maps])
+        return MultiCoilMRI(masks, maps)
+    reprs = {(type(o).__name__, o.extra_repr()) for o in ops}
+    if len(reprs) != 1:
+        raise ValueError(f"stack_physics: operators differ ({sorted(reprs)}); only MRI operators "
+                         "can be stacked, other kinds must share one geometry")
+    return ops[0]
+
+
+# ------------------------------------------------------------------------------ purification
+def batched_purify(denoiser, x: torch.Tensor, t_start: int, generators: Sequence[torch.Generator],
+                   num_steps: int = 1, eta: float = 0.0, variant: str = "dds") -> torch.Tensor:
+    """``Denoiser.purify`` on a batch ``[B,H,W]`` with per-slice noise from ``generators[b]``.
+
+    The noise of slice ``b`` is drawn from its own generator in the same order as a single-slice
+    ``purify(x[b:b+1], generator=generators[b])`` (forward noise, then one draw per DDIM step
+    when ``eta > 0``), so the result matches one-at-a-time purification; the prior is called
+    once per reverse step on the whole batch.  A denoiser without ``schedule``/``eps`` (a
+    stand-in) is called slice by slice.
+    """
+    B = x.shape[0]
+    if len(generators) != B:
+        raise ValueError(f"need one generator per slice ({B}), got {len(generators)}")
+    sched = getattr(denoiser, "schedule", None)
+    if sched is None or not hasattr(denoiser, "eps"):
+        return torch.cat([denoiser.purify(x[b:b + 1], t_start, num_steps=num_steps, eta=eta,
+                                          generator=generators[b]) for b in range(B)])
+
+    def noise_like():
+        return torch.cat([randn_like(x[b:b + 1], g) for b, g in enumerate(generators)])
+
+    with torch.no_grad():
+        x_t = sched.q_sample(x, t_start, noise=noise_like())
+        steps = sched.timesteps(num_steps, t_start) if hasattr(sched, "timesteps") else None
+        if steps is None:
+            from models.diffusion import respaced_timesteps
+
+            steps = respaced_timesteps(num_steps, sched.num_steps, t_start)
+        x0 = x
+        for i, t in enumerate(steps):
+            t_next = steps[i + 1] if i + 1 < len(steps) else -1
+            eps = denoiser.eps(x_t, t)
+            x0 = sched.tweedie_x0(x_t, eps, t)
+            if t_next < 0:
+                break
+            noise = noise_like() if float(eta) > 0 else None
+            x_t = sched.ddim_step(x_t, x0, eps, t, t_next, eta=eta, noise=noise, variant=variant)
+    return x0
+
+
+# ------------------------------------------------------------------------------------ solver
+def _sq_per_slice(t: torch.Tensor, reduction: str) -> torch.Tensor:
+    a = t.abs().square() if torch.is_complex(t) else t.square()
+    a = a.reshape(a.shape[0], -1)
+    if reduction == "mean":
+        return a.mean(dim=1)
+    if reduction == "sum":
+        return a.sum(dim=1)
+    raise ValueError(f"unknown reduction {reduction!r}; choose 'mean' or 'sum'")
+
+
+def _finite_per_slice(x: torch.Tensor) -> torch.Tensor:
+    r = torch.view_as_real(x) if torch.is_complex(x) else x
+    return torch.isfinite(r).reshape(r.shape[0], -1).all(dim=1)
+
+
+class BatchedUDiGDIP(UDiGDIP):
+    """uDiG-DIP on ``B`` slices at once: ``BatchedUDiGDIP(cfg, denoiser, seeds)(y, physics)``.
+
+    Args:
+        cfg: uDiG-DIP config (fields of :func:`solvers.udig_dip.default_config`, plus ``perf``).
+        denoiser: the prior (``models.denoiser.Denoiser``); unused by :class:`BatchedSeqDIP`.
+        seeds: one seed per slice; slice ``b`` reproduces ``UDiGDIP(cfg, denoiser, seeds[b])``.
+    Call: ``y`` ``[B, ...]``, ``physics`` batched (see :func:`stack_physics`), ``x_gt`` ``[B,H,W]``
+    (only for ``callback``), ``callback`` either one callable ``(step, x [B,H,W], info)`` with
+    per-slice lists in ``info`` (called at the logging steps), or a sequence of ``B`` callables,
+    each called exactly as in a single run with its slice ``[1,H,W]``.
+    Returns ``Result(x_hat [B,H,W], history={"per_slice": [h_0, …], "t": …, "purify_outer": …},
+    info={"slices": [Result_0, …], …})``; :func:`split_result` gives per-slice Results.
+    """
+
+    name = "udig_dip_batched"
+    default_config = staticmethod(default_config)
+
+    def __init__(self, cfg: Any = None, denoiser: Any = None, seeds: Sequence[int] = (0,),
+                 device: Optional[torch.device | str] = None):
+        seeds = [int(s) for s in (seeds if isinstance(seeds, (list, tuple)) else list(seeds))]
+        if not seeds:
+            raise ValueError("seeds must hold one seed per slice")
+        super().__init__(cfg, denoiser=denoiser, seed=seeds[0], device=device)
+        self.seeds = seeds
+
+    # ------------------------------------------------------------------------------- helpers
+    def _use_bf16(self, device: torch.device) -> bool:
+        p = self.cfg.perf
+        return bool(p.bf16) and (device.type == "cuda" or bool(p.bf16_cpu))
+
+    def _forward(self, nets: BatchedDIPNets, z: torch.Tensor, is_complex: bool, bf16: bool) -> torch.Tensor:
+        zc = to_channels(z)
+        if bf16:
+            with torch.autocast(device_type=zc.device.type, dtype=torch.bfloat16):
+                out = nets(zc)
+            out = out.to(zc.dtype)
+        else:
+            out = nets(zc)
+        return from_channels(out, is_complex)
+
+    def _purify_batch(self, x: torch.Tensor, k: int, gens, history: dict) -> torch.Tensor:
+        c = self.cfg
+        t_k = self.t_schedule[k - int(c.purify_start)]
+        history.setdefault("t", []).append(t_k)
+        history.setdefault("purify_outer", []).append(k)
+        with torch.no_grad():
+            scale = None
+            if c.purify_normalize:
+                scale = x.abs().flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1)
+                x = x / scale
+            z = batched_purify(self.denoiser, x, t_k, gens, num_steps=int(c.reverse_steps), eta=float(c.eta))
+            if scale is not None:
+                z = z * scale
+        return z.detach()
+
+    # -------------------------------------------------------------------------------- solver
+    def __call__(self, y: torch.Tensor, physics: nn.Module, x_gt: Optional[torch.Tensor] = None,
+                 callback: Optional[Callback | Sequence[Callback]] = None) -> Result:
+        check_measurements(y)
+        c = self.cfg
+        K, N = int(c.num_outer), int(c.inner_steps)
+        B = len(self.seeds)
+        if y.shape[0] != B:
+            raise ValueError(f"y has batch {y.shape[0]} but {B} seeds were given (one per slice)")
+        device = self.device or y.device
+        y = y.to(device)
+        is_complex = bool(getattr(physics, "is_complex", torch.is_complex(y)))
+        dtype = torch.float64 if y.dtype in (torch.complex128, torch.float64) else torch.float32
+        bf16 = self._use_bf16(torch.device(device))
+        lam, red = float(c.lam), c.reduction
+        log_every = max(1, int(c.log_every))
+        per_slice_cbs = callback if isinstance(callback, (list, tuple)) else None
+        if per_slice_cbs is not None and len(per_slice_cbs) != B:
+            raise ValueError(f"got {len(per_slice_cbs)} callbacks for {B} slices")
+        histories: list[dict] = [{} for _ in range(B)]
+        common: dict = {}
+        nan_counts = [0] * B
+
+        with deterministic_mode(c.deterministic), progress_bar(K * N, self.name, c.disable_progress) as pbar:
+            z = initial_input(y, physics, c.z0)
+            nets = BatchedDIPNets(c.net, is_complex, self.seeds, device=device, dtype=dtype,
+                                  compile=bool(c.perf.compile))
+            opt = StackedAdam(nets.parameters(), B, lr=float(c.lr), betas=tuple(c.betas),
+                              weight_decay=float(c.weight_decay))
+            gens = [make_generator(s + 1, device) for s in self.seeds]
+            fwd = lambda zz: self._forward(nets, zz, is_complex, bf16)  # noqa: E731
+
+            def on_nan(bad: list[bool], step: int, snap: dict) -> None:
+                opt.restore(snap, bad)
+                for b in (i for i, v in enumerate(bad) if v):
+                    opt.lr[b] *= 0.5
+                    histories[b].setdefault("nan_events", []).append({"step": step, "lr": opt.lr[b]})
+                    nan_counts[b] += 1
+                    if nan_counts[b] > int(c.max_nan_events):
+                        raise RuntimeError(f"DIP optimisation of slice {b} diverged {nan_counts[b]} times "
+                                           "(non-finite loss); lower the learning rate or check the "
+                                           "measurement scaling")
+
+            for k in range(K):
+                snap = opt.snapshot()
+                log_last = k == K - 1
+                for i in range(1, N + 1):
+                    step = k * N + i
+                    check = step % log_every == 0 or (log_last and i == N)
+                    opt.zero_grad()
+                    x = fwd(z)
+                    bad_x = None
+                    try:
+                        r = physics(x) - y
+                    except ValueError:
+                        fin = _finite_per_slice(x.detach())
+                        if bool(fin.all()):
+                            raise
+                        bad_x = (~fin).tolist()      # replace non-finite slices, roll them back below
+                        x = torch.where(fin.view(-1, 1, 1), x, torch.zeros((), dtype=x.dtype, device=x.device))
+                        r = physics(x) - y
+                    data = _sq_per_slice(r, red)
+                    reg = _sq_per_slice(x - z, red) if lam else torch.zeros_like(data)
+                    total = data + lam * reg if lam else data
+                    if bad_x is not None:
+                        # a single run catches the operator's ValueError: no history, no update
+                        total.sum().backward()
+                        opt.step()
+                        on_nan(bad_x, step, snap)
+                        if pbar is not None:
+                            pbar.update(1)
+                        continue
+                    bad = [False] * B
+                    if check:
+                        vals = torch.stack((total.detach(), data.detach(), reg.detach())).tolist()
+                        bad = [not math.isfinite(v) for v in vals[0]]
+                        good = [not v for v in bad]
+                        opt.update_snapshot(snap, good)
+                        for b in range(B):
+                            if bad[b]:
+                                continue
+                            for key, val in (("step", step), ("loss", vals[0][b]), ("data_loss", vals[1][b]),
+                                             ("reg_loss", vals[2][b]), ("lr", opt.lr[b])):
+                                histories[b].setdefault(key, []).append(val)
+                        self._notify(callback, per_slice_cbs, step, x.detach(), vals, good, opt.lr, k, x_gt)
+                        if pbar is not None:
+                            pbar.set_postfix(loss=f"{sum(vals[0]) / B:.3e}", refresh=False)
+                    total.sum().backward()
+                    opt.step()
+                    if any(bad):
+                        on_nan(bad, step, snap)        # = skipping this step for those slices
+                    if pbar is not None:
+                        pbar.update(1)
+                with torch.no_grad():
+                    x = fwd(z).detach()
+                    fin = _finite_per_slice(x)
+                    if not bool(fin.all()):
+                        on_nan((~fin).tolist(), k * N + N, snap)
+                        x = fwd(z).detach()
+                # (2) input update
+                z = self._purify_batch(x, k, gens, common) if self.purifies(k) else x
+            if c.output == "f_of_z":
+                with torch.no_grad():
+                    x = fwd(z).detach()
+
+        info = {"t_schedule": list(self.t_schedule), "seeds": list(self.seeds), "config": c.to_dict(),
+                "num_params": nets.num_params_per_net, "batch": B}
+        slices = []
+        for b in range(B):
+            h = dict(histories[b])
+            h.update({k_: list(v) for k_, v in common.items()})
+            slices.append(Result(x_hat=x[b:b + 1], history=h,
+                                 info={**{k_: v for k_, v in info.items() if k_ not in ("seeds", "batch")},
+                                       "seed": self.seeds[b]}))
+        info["slices"] = slices
+        return Result(x_hat=x, history={"per_slice": histories, **common}, info=info)
+
+    @staticmethod
+    def _notify(callback, per_slice_cbs, step, x, vals, good, lrs, k, x_gt) -> None:
+        if callback is None:
+            return
+        if per_slice_cbs is not None:
+            for b, cb in enumerate(per_slice_cbs):
+                if cb is None or not good[b]:
+                    continue
+                info = {"loss": vals[0][b], "data_loss": vals[1][b], "reg_loss": vals[2][b], "lr": lrs[b],
+                        "outer": k, "phase": "fit",
+                        "x_gt": None if x_gt is None else x_gt[b:b + 1]}
+                cb(step, x[b:b + 1].clone(), info)
+            return
+        info = {"loss": vals[0], "data_loss": vals[1], "reg_loss": vals[2], "lr": list(lrs), "outer": k,
+                "phase": "fit", "finite": good, "x_gt": x_gt}
+        callback(step, x.clone(), info)
+
+
+class BatchedSeqDIP(BatchedUDiGDIP):
+    """Batched aSeqDIP (no purification): ``BatchedSeqDIP(cfg, seeds=...)(y, physics)``."""
+
+    name = "aseqdip_batched"
+    default_config = staticmethod(seqdip_default_config)
+
+    def __init__(self, cfg: Any = None, denoiser: Any = None, seeds: Sequence[int] = (0,),
+                 device: Optional[torch.device | str] = None):
+        super().__init__(cfg, denoiser=None, seeds=seeds, device=device)
+
+    def _validate(self) -> None:
+        from solvers.seqdip import SeqDIP
+
+        SeqDIP._validate(self)
+
+    def purifies(self, k: int) -> bool:
+        return False
+
+
+def split_result(result: Result) -> list[Result]:
+    """Per-slice :class:`Result` s (``x_hat [1,H,W]``, single-run-style ``history``/``info``)."""
+    return list(result.info["slices"])
+
+
+def make_batched_solver(name: str, cfg=None, denoiser=None, seeds: Sequence[int] = (0,), device=None):
+    """``"udigdip"`` → :class:`BatchedUDiGDIP`, ``"aseqdip"`` → :class:`BatchedSeqDIP` (registry
+    names/aliases of ``solvers.canonical``); other solvers have no batched variant (ValueError)."""
+    import solvers
+
+    key = solvers.canonical(name)
+    if key == "udigdip":
+        return BatchedUDiGDIP(cfg, denoiser, seeds=seeds, device=device)
+    if key == "aseqdip":
+        return BatchedSeqDIP(cfg, seeds=seeds, device=device)
+    raise ValueError(f"no batched variant of solver {name!r}; batched: udigdip, aseqdip")
