@@ -98,7 +98,10 @@ def load_samples(cfg, modality: str):
     kw = {}
     if path.is_dir() and (path / modality).is_dir() and cfg.data.volumes:
         kw["volumes"] = [v.strip() for v in cfg.data.volumes.split(",") if v.strip()]
-    samples = load_dataset(path, modality, **kw)
+    try:
+        samples = load_dataset(path, modality, **kw)
+    except (FileNotFoundError, ValueError) as e:  # missing files, wrong dtype/shape, NaN/Inf
+        raise app.UsageError(f"cannot read the {modality} data under {path}: {e}") from None
     if cfg.data.max_slices:
         samples = samples[: int(cfg.data.max_slices)]
     if not samples:
@@ -108,21 +111,86 @@ def load_samples(cfg, modality: str):
 
 def load_denoiser(cfg, modality: str, device: torch.device, single_modality: bool):
     """The frozen diffusion prior of this modality (``models.denoiser.load_prior``)."""
+    from models.checkpoint import CheckpointMismatchError, CorruptCheckpointError
     from models.denoiser import load_prior
 
     name = cfg.prior.mri if modality == "MRI" else cfg.prior.ct
     ckpt = cfg.prior.ckpt or None
     if ckpt and not single_modality:
         raise app.UsageError("--ckpt applies to one modality; run MRI and CT separately")
-    return load_prior(name, device=device, ckpt=ckpt, autocast_bf16=cfg.prior.bf16)
+    try:
+        return load_prior(name, device=device, ckpt=ckpt, autocast_bf16=cfg.prior.bf16)
+    except (FileNotFoundError, ValueError, KeyError, CheckpointMismatchError,
+            CorruptCheckpointError) as e:
+        raise app.UsageError(f"cannot load the {modality} prior {name!r}"
+                             f"{f' from {ckpt}' if ckpt else ''}: {e}") from None
 
 
 def check_prior_matches(denoiser, sample, modality: str) -> None:
+    """The prior must be complex for MRI / real for CT and trained at the data's image size."""
+    want_complex = modality == "MRI"
+    is_complex = bool(getattr(denoiser, "is_complex", want_complex))
+    if is_complex != want_complex:
+        kind = {True: "complex (MRI)", False: "real (CT)"}
+        src = getattr(denoiser, "checkpoint_path", None) or getattr(denoiser, "prior_name", "?")
+        raise app.UsageError(
+            f"checkpoint mismatch: the prior {src} is a {kind[is_complex]} prior but {modality} "
+            f"data needs a {kind[want_complex]} prior; pass the {modality} checkpoint with --ckpt "
+            f"or set --config.prior.{modality.lower()}")
     size = getattr(denoiser.unet, "image_size", None)
     if size is not None and tuple(sample.x_ref.shape[-2:]) != (size, size):
         raise app.UsageError(
             f"the {modality} prior expects {size}×{size} images but slice {sample.name} is "
             f"{tuple(sample.x_ref.shape[-2:])}; choose a matching prior (--config.prior.*) or data")
+
+
+def check_solver_configs(cfg, names, denoiser, device) -> None:
+    """Build every solver once (constructors only validate their config) so that a bad
+    ``--config.solver_cfg.*`` value fails before any run folder is written."""
+    for name in names:
+        try:
+            solvers.make_solver(name, cfg.solver_cfg[name],
+                                denoiser if solvers.needs_prior(name) else None,
+                                seed=cfg.seed, device=device)
+        except (ValueError, KeyError, TypeError) as e:
+            raise app.UsageError(f"invalid config of solver {name!r} "
+                                 f"(--config.solver_cfg.{name}.*): {e}") from None
+
+
+#: Config fields that may change when a run is resumed (they do not affect the results).
+RESUME_FREE_FIELDS = ("workdir", "run_name", "device", "data.max_slices")
+
+
+def _flatten(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out.update(_flatten(v, key + ".") if isinstance(v, dict) else {key: v})
+    return out
+
+
+def check_resume_config(cfg, run_path) -> None:
+    """A resumed run must use the config it started with (only ``RESUME_FREE_FIELDS`` and
+    progress-bar switches may differ), else its slices would mix settings silently."""
+    import json
+
+    from utils.run_dir import to_jsonable
+
+    saved_file = Path(run_path) / "config.json"
+    if not saved_file.is_file():
+        raise app.UsageError(f"--resume={run_path}: no config.json there (not a run folder?)")
+    saved = _flatten(json.loads(saved_file.read_text()))
+    now = _flatten(json.loads(json.dumps(to_jsonable(cfg))))
+    diff = [k for k in sorted(set(saved) | set(now))
+            if k not in RESUME_FREE_FIELDS and not k.endswith("progress")
+            and saved.get(k, "<unset>") != now.get(k, "<unset>")]
+    if diff:
+        shown = "; ".join(f"{k}: {saved.get(k, '<unset>')!r} → {now.get(k, '<unset>')!r}"
+                          for k in diff[:8])
+        raise app.UsageError(
+            f"--resume={run_path}: the config differs from the run's config.json in {len(diff)} "
+            f"field(s) ({shown}); pass the same --config/flags as the original run "
+            f"(only {', '.join(RESUME_FREE_FIELDS)} may change)")
 
 
 def run_slice(cfg, deg, sample, names, denoiser, device, rd, seed: int) -> None:
@@ -153,18 +221,33 @@ def main(argv):
     degs, names = parse_lists(cfg)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    rd = make_run_dir(cfg.workdir, name=cfg.run_name or None, resume=FLAGS.resume, config=cfg,
-                      config_source=None, device=device)
-    logging.info("run folder: %s", rd.path)
-    print(f"run folder: {rd.path}", flush=True)
+    if FLAGS.resume is not None:
+        if not Path(FLAGS.resume).is_dir():
+            raise app.UsageError(f"--resume={FLAGS.resume}: no such run folder")
+        check_resume_config(cfg, FLAGS.resume)
 
+    # Check every input (data, priors, solver configs) BEFORE creating the run folder, so bad
+    # input fails with a clear message and leaves no half-made run behind.
+    plan, priors = [], {}
     for deg in degs:
         modality = modality_of(deg)
         samples = load_samples(cfg, modality)
         denoiser = None
         if any(solvers.needs_prior(n) for n in names):
-            denoiser = load_denoiser(cfg, modality, device, single_modality=len(degs) == 1)
+            if modality not in priors:
+                one_modality = len({modality_of(d) for d in degs}) == 1
+                priors[modality] = load_denoiser(cfg, modality, device, one_modality)
+            denoiser = priors[modality]
             check_prior_matches(denoiser, samples[0], modality)
+        check_solver_configs(cfg, names, denoiser, device)
+        plan.append((deg, samples, denoiser))
+
+    rd = make_run_dir(cfg.workdir, name=cfg.run_name or None, resume=FLAGS.resume, config=cfg,
+                      config_source=None, device=device)
+    logging.info("run folder: %s", rd.path)
+    print(f"run folder: {rd.path}", flush=True)
+
+    for deg, samples, denoiser in plan:
         for i, sample in enumerate(tqdm(samples, desc=f"{deg} slices", dynamic_ncols=True)):
             run_slice(cfg, deg, sample, names, denoiser, device, rd, seed=cfg.seed + i)
 
