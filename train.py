@@ -112,18 +112,30 @@ def latest_checkpoint(workdir: Path) -> Path | None:
     return ckpts[-1] if ckpts else None
 
 
-def save_training_state(path: Path, step, model, ema, opt, gen, losses) -> None:
+def save_training_state(path: Path, step, model, ema, opt, gen, losses, seconds: float) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save({"step": step, "model": model.state_dict(), "ema": ema.state_dict(),
-                "opt": opt.state_dict(), "gen": gen.get_state(), "losses": losses}, tmp)
+                "opt": opt.state_dict(), "gen": gen.get_state(), "losses": losses,
+                "seconds": seconds}, tmp)
     os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------- figures
+def clip_to_data_range(x0: torch.Tensor) -> torch.Tensor:
+    """Project x̂₀ onto the data range (guided-diffusion's ``clip_denoised``): CT [0, 1], MRI |x| ≤ 1."""
+    if torch.is_complex(x0):
+        mag = x0.abs()
+        return x0 * (mag.clamp(max=1.0) / mag.clamp_min(1e-8))
+    return x0.clamp(0.0, 1.0)
+
+
 @torch.no_grad()
-def sample_ddim(denoiser: Denoiser, n: int, image_size: int, steps: int, seed: int) -> torch.Tensor:
-    """DDIM (η = 0) samples from pure noise, ``[n, H, W]`` images (complex noise for MRI)."""
+def sample_ddim(denoiser: Denoiser, n: int, image_size: int, steps: int, seed: int,
+                eta: float = 1.0) -> torch.Tensor:
+    """Samples from pure noise, ``[n, H, W]`` (complex noise for MRI): ``steps`` respaced DDIM
+    steps with ``eta`` (1 = ancestral-like), x̂₀ clipped to the data range at every step
+    (as guided-diffusion's ``clip_denoised=True``) and ε re-derived from the clipped x̂₀."""
     sched = denoiser.schedule
     g = torch.Generator().manual_seed(seed)
     shape = (n, image_size, image_size)
@@ -132,8 +144,11 @@ def sample_ddim(denoiser: Denoiser, n: int, image_size: int, steps: int, seed: i
         x = torch.complex(x, torch.randn(shape, generator=g))
     ts = sched.timesteps(steps)
     for t, t_next in zip(ts, sched.next_steps(ts)):
-        eps = denoiser.eps(x, t)
-        x = sched.ddim_step(x, sched.tweedie_x0(x, eps, t), eps, t, t_next, eta=0.0)
+        x0 = clip_to_data_range(sched.tweedie_x0(x, denoiser.eps(x, t), t))
+        if t_next < 0:
+            return x0
+        eps = sched.eps_from_x0(x, x0, t)
+        x = sched.ddim_step(x, x0, eps, t, t_next, eta=eta, generator=g)
     return x
 
 
@@ -156,11 +171,11 @@ def save_figures(outdir: Path, denoiser: Denoiser, losses: list, heldout: torch.
     fig.savefig(outdir / "loss_curve.png", dpi=120), plt.close(fig)
 
     report = {}
-    samples = sample_ddim(denoiser, 8, image_size, 50, seed)
+    samples = sample_ddim(denoiser, 8, image_size, 100, seed)
     fig, axes = plt.subplots(1, 8, figsize=(16, 2.3))
     for a, s in zip(axes, samples):
         a.imshow(s.abs().numpy(), cmap="gray", vmin=0, vmax=1), a.axis("off")
-    fig.suptitle("DDIM samples (50 steps, η = 0) from pure noise")
+    fig.suptitle("samples from pure noise (100 DDIM steps, η = 1, x̂₀ clipped to the data range)")
     fig.tight_layout(), fig.savefig(outdir / "samples.png", dpi=100), plt.close(fig)
 
     if heldout is not None:
@@ -205,13 +220,14 @@ def train(config, workdir: Path) -> dict:
     ema.requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     sched = DiffusionSchedule(**config.schedule.to_dict())
-    step, losses = 0, []
+    step, losses, seconds_before = 0, [], 0.0
     last = latest_checkpoint(workdir)
     if last is not None:
         st = torch.load(last, weights_only=False)
         model.load_state_dict(st["model"]), ema.load_state_dict(st["ema"]), opt.load_state_dict(st["opt"])
         gen.set_state(st["gen"])
         step, losses = st["step"], st["losses"]
+        seconds_before = float(st.get("seconds", float("nan")))  # NaN: written before timing was stored
         logging.info("resumed from %s (step %d)", last, step)
 
     n_params = sum(p.numel() for p in model.parameters())
@@ -247,7 +263,8 @@ def train(config, workdir: Path) -> dict:
             bar.set_postfix(loss=f"{losses[-1][1]:.4f}")
         bar.update(1)
         if step % tc.ckpt_every == 0 or step == tc.num_steps:
-            save_training_state(workdir / "checkpoints" / f"ckpt_{step}.pt", step, model, ema, opt, gen, losses)
+            save_training_state(workdir / "checkpoints" / f"ckpt_{step}.pt", step, model, ema, opt, gen, losses,
+                                seconds_before + time.time() - t0)
             for old in sorted((workdir / "checkpoints").glob("ckpt_*.pt"),
                               key=lambda p: int(p.stem.split("_")[1]))[:-2]:
                 old.unlink()
@@ -264,7 +281,7 @@ def train(config, workdir: Path) -> dict:
         h = load_training_images(dc.heldout_dir, image_size, is_complex)
         heldout = torch.complex(h[:, 0], h[:, 1]) if is_complex else h[:, 0]
     report = save_figures(Path(config.card_dir), denoiser, losses, heldout, image_size, config.seed)
-    report.update({"steps": step, "seconds_this_run": seconds, "num_params": n_params,
+    report.update({"steps": step, "seconds_this_run": seconds, "train_seconds_total": seconds_before + seconds, "num_params": n_params,
                    "final_loss_mean_last_10pct": float(np.mean([v for _, v in losses[-max(len(losses) // 10, 1):]])),
                    "command": " ".join(sys.argv), "export": str(export), "torch": torch.__version__})
     (Path(config.card_dir) / "train_report.json").write_text(json.dumps(report, indent=1))
