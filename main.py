@@ -24,6 +24,7 @@ from ml_collections import config_flags
 from tqdm import tqdm
 
 import solvers
+from configs.base import solver_config_for
 from physics import DEGRADATIONS, make_physics, modality_of, simulate_measurements
 from utils.data import load_dataset
 from utils.logging import MetricsCallback, print_summary
@@ -144,12 +145,12 @@ def check_prior_matches(denoiser, sample, modality: str) -> None:
             f"{tuple(sample.x_ref.shape[-2:])}; choose a matching prior (--config.prior.*) or data")
 
 
-def check_solver_configs(cfg, names, denoiser, device) -> None:
+def check_solver_configs(cfg, names, denoiser, device, modality: str) -> None:
     """Build every solver once (constructors only validate their config) so that a bad
     ``--config.solver_cfg.*`` value fails before any run folder is written."""
     for name in names:
         try:
-            solvers.make_solver(name, cfg.solver_cfg[name],
+            solvers.make_solver(name, solver_config_for(cfg, name, modality),
                                 denoiser if solvers.needs_prior(name) else None,
                                 seed=cfg.seed, device=device)
         except (ValueError, KeyError, TypeError) as e:
@@ -204,8 +205,8 @@ def run_slice(cfg, deg, sample, names, denoiser, device, rd, seed: int) -> None:
         if rd.is_done(name, slice_name):
             logging.info("skip %s / %s (finished in an earlier run)", name, slice_name)
             continue
-        solver = solvers.make_solver(name, cfg.solver_cfg[name], denoiser if solvers.needs_prior(name) else None,
-                                     seed=seed, device=device)
+        solver = solvers.make_solver(name, solver_config_for(cfg, name, modality_of(deg)),
+                                     denoiser if solvers.needs_prior(name) else None, seed=seed, device=device)
         callback = MetricsCallback(x_ref, every=1)
         with rd.timer(f"{name}/{slice_name}") as timer:
             result = solver(y, physics, x_gt=x_ref, callback=callback)
@@ -239,7 +240,7 @@ def main(argv):
                 priors[modality] = load_denoiser(cfg, modality, device, one_modality)
             denoiser = priors[modality]
             check_prior_matches(denoiser, samples[0], modality)
-        check_solver_configs(cfg, names, denoiser, device)
+        check_solver_configs(cfg, names, denoiser, device, modality)
         plan.append((deg, samples, denoiser))
 
     rd = make_run_dir(cfg.workdir, name=cfg.run_name or None, resume=FLAGS.resume, config=cfg,

@@ -46,4 +46,20 @@ def get_base_config():
     c.solver_cfg = ml_collections.ConfigDict()
     for name in solvers.REGISTRY:
         c.solver_cfg[name] = solvers.default_config(name)
+    # Per-modality overrides of solver fields, applied on top of solver_cfg for that modality,
+    # e.g. --config.modality_overrides.CT.udigdip.lam=3 (the data terms of MRI and CT have
+    # different scales, so λ is tuned per modality).
+    c.modality_overrides = ml_collections.ConfigDict({"MRI": {}, "CT": {}})
     return c
+
+
+def solver_config_for(c, name: str, modality: str):
+    """``c.solver_cfg[name]`` with ``c.modality_overrides[modality][name]`` merged in (a copy)."""
+    import copy
+
+    cfg = copy.deepcopy(c.solver_cfg[name])
+    over = c.modality_overrides[modality].get(name) if modality in c.modality_overrides else None
+    if over:
+        with cfg.unlocked():
+            cfg.update(over.to_dict() if hasattr(over, "to_dict") else dict(over))
+    return cfg
