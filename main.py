@@ -4,6 +4,7 @@
     python main.py --config=configs/demo_mri.py --solver=udigdip,dds --config.physics.acceleration=8
     python main.py --config=configs/paper_mri_knee.py --data=/data/knee --ckpt=checkpoints/fastmri_knee_320_complex_1m.pt
     python main.py --resume=exp/20261125-210000_demo  # skip finished slices of an interrupted run
+    torchrun --nproc_per_node=8 main.py --config=configs/paper_mri_knee.py --data=...  # slices sharded over GPUs
 
 The path of one slice (each arrow one call below, in :func:`run_slice`)::
 
@@ -27,6 +28,7 @@ import solvers
 from configs.base import solver_config_for
 from physics import DEGRADATIONS, make_physics, modality_of, simulate_measurements
 from utils.data import load_dataset
+from utils.distributed import device_for, dist_info, finish, init_distributed, shard, shared_run_dir
 from utils.logging import MetricsCallback, print_summary
 from utils.run_dir import make_run_dir
 
@@ -220,7 +222,15 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     cfg = apply_flags(FLAGS.config)
     degs, names = parse_lists(cfg)
-    device = resolve_device(cfg.device)
+    info = dist_info()              # torchrun: RANK / WORLD_SIZE / LOCAL_RANK (1 process otherwise)
+    if info.distributed:
+        try:
+            device = device_for(info, cfg.device)
+        except ValueError as e:
+            raise app.UsageError(str(e)) from None
+        init_distributed(info, device_hint=cfg.device)
+    else:
+        device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     if FLAGS.resume is not None:
         if not Path(FLAGS.resume).is_dir():
@@ -243,18 +253,23 @@ def main(argv):
         check_solver_configs(cfg, names, denoiser, device, modality)
         plan.append((deg, samples, denoiser))
 
-    rd = make_run_dir(cfg.workdir, name=cfg.run_name or None, resume=FLAGS.resume, config=cfg,
-                      config_source=None, device=device)
-    logging.info("run folder: %s", rd.path)
-    print(f"run folder: {rd.path}", flush=True)
+    rd, token = shared_run_dir(info, lambda: make_run_dir(
+        cfg.workdir, name=cfg.run_name or None, resume=FLAGS.resume, config=cfg, config_source=None,
+        device=device))
+    logging.info("run folder: %s (rank %d of %d)", rd.path, info.rank, info.world_size)
+    if info.is_main:
+        print(f"run folder: {rd.path}", flush=True)
 
     for deg, samples, denoiser in plan:
-        for i, sample in enumerate(tqdm(samples, desc=f"{deg} slices", dynamic_ncols=True)):
+        # each rank takes a round-robin share; the GLOBAL index keeps the seeds of a 1-process run
+        mine = shard(list(enumerate(samples)), info.rank, info.world_size)
+        for i, sample in tqdm(mine, desc=f"{deg} slices", dynamic_ncols=True, disable=not info.is_main):
             run_slice(cfg, deg, sample, names, denoiser, device, rd, seed=cfg.seed + i)
 
-    summary = rd.write_summary()
-    print_summary(summary)
-    print(f"results: {rd.path}/metrics.csv, {rd.path}/summary.json")
+    summary = finish(rd, info, token)   # 1 process: write_summary; several: rank 0 merges
+    if summary is not None:
+        print_summary(summary)
+        print(f"results: {rd.path}/metrics.csv, {rd.path}/summary.json")
 
 
 if __name__ == "__main__":

@@ -55,7 +55,7 @@ from models.diffusion import randn_like
 from models.dip_unet import build_dip_net
 from solvers.base import Callback, Result, check_measurements
 from solvers.common import deterministic_mode, initial_input, make_generator, progress_bar, resolve_config
-from solvers.udig_dip import UDiGDIP, default_config as _udig_default_config
+from solvers.udig_dip import UDiGDIP, default_config as _udig_default_config, scaled_purify
 from utils.complex import from_channels, to_channels
 
 __all__ = ["BatchedDIPNets", "StackedAdam", "BatchedUDiGDIP", "BatchedSeqDIP", "split_result",
@@ -354,18 +354,9 @@ class BatchedUDiGDIP(UDiGDIP):
 
     def _purify_batch(self, x: torch.Tensor, k: int, gens, history: dict) -> torch.Tensor:
         c = self.cfg
-        t_k = self.t_schedule[k - int(c.purify_start)]
-        history.setdefault("t", []).append(t_k)
-        history.setdefault("purify_outer", []).append(k)
-        with torch.no_grad():
-            scale = None
-            if c.purify_normalize:
-                scale = x.abs().flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1)
-                x = x / scale
-            z = batched_purify(self.denoiser, x, t_k, gens, num_steps=int(c.reverse_steps), eta=float(c.eta))
-            if scale is not None:
-                z = z * scale
-        return z.detach()
+        t_k = self.next_t(k, history)
+        return scaled_purify(lambda v: batched_purify(self.denoiser, v, t_k, gens, num_steps=int(c.reverse_steps),
+                                                      eta=float(c.eta)), x, bool(c.purify_normalize))
 
     # -------------------------------------------------------------------------------- solver
     def __call__(self, y: torch.Tensor, physics: nn.Module, x_gt: Optional[torch.Tensor] = None,

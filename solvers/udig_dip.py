@@ -98,6 +98,16 @@ def purification_timesteps(kind: str, t_start: int, t_end: int, n: int) -> list[
     return out
 
 
+def scaled_purify(purify_fn, x: torch.Tensor, normalize: bool) -> torch.Tensor:
+    """``purify_fn(x)`` without gradients; with ``normalize`` each image is divided by its max |x|
+    before and multiplied back after (config ``purify_normalize``)."""
+    with torch.no_grad():
+        if not normalize:
+            return purify_fn(x).detach()
+        scale = x.abs().flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1)
+        return (purify_fn(x / scale) * scale).detach()
+
+
 class UDiGDIP:
     """uDiG-DIP solver: ``UDiGDIP(cfg, denoiser, seed)(y, physics, x_gt=None, callback=None)``.
 
@@ -135,22 +145,20 @@ class UDiGDIP:
         """Whether outer iteration ``k`` (0-based) uses diffusion purification."""
         return bool(self.t_schedule) and 0 <= k - int(self.cfg.purify_start) < len(self.t_schedule)
 
+    def next_t(self, k: int, history: dict) -> int:
+        """t_k of outer iteration ``k`` (inside the purification window); recorded in ``history``."""
+        t_k = self.t_schedule[k - int(self.cfg.purify_start)]
+        history.setdefault("t", []).append(t_k)
+        history.setdefault("purify_outer", []).append(k)
+        return t_k
+
     def purify(self, x: torch.Tensor, k: int, generator: torch.Generator, history: dict) -> torch.Tensor:
         """``DP(x, t_k)``: the diffusion purification of step (2); records ``t_k`` in ``history``."""
         c = self.cfg
-        t_k = self.t_schedule[k - int(c.purify_start)]
-        history.setdefault("t", []).append(t_k)
-        history.setdefault("purify_outer", []).append(k)
-        with torch.no_grad():
-            scale = None
-            if c.purify_normalize:
-                scale = x.abs().flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1)
-                x = x / scale
-            z = self.denoiser.purify(x, t_k, num_steps=int(c.reverse_steps), eta=float(c.eta),
-                                     generator=generator)
-            if scale is not None:
-                z = z * scale
-        return z.detach()
+        t_k = self.next_t(k, history)
+        return scaled_purify(lambda v: self.denoiser.purify(v, t_k, num_steps=int(c.reverse_steps),
+                                                            eta=float(c.eta), generator=generator),
+                             x, bool(c.purify_normalize))
 
     # ------------------------------------------------------------------------------ the solver
     def __call__(self, y: torch.Tensor, physics: torch.nn.Module, x_gt: Optional[torch.Tensor] = None,
