@@ -388,7 +388,7 @@ ERROR_CASES = {
     "cuda_missing": (["--deg=SV-CT", "--solver=dds", "--device=cuda"],
                      ["CUDA is not available"]),
     "bad_solver_cfg": (["--deg=SV-CT", "--solver=udigdip",
-                        "--config.solver_cfg.udigdip.purify_stop=50"], ["purify_stop", "udigdip"]),
+                        "--config.modality_overrides.CT.udigdip.purify_stop=500"], ["purify_stop", "udigdip"]),
     "resume_missing": (["--deg=SV-CT", "--solver=dds", "--resume={tmp}/no_such_run"],
                        ["no_such_run"]),
     "positional_arg": (["--deg=SV-CT", "--solver=dds", "stray"], ["unexpected arguments"]),
