@@ -16,7 +16,6 @@ is computed from ``y`` alone (tests check bit-identity with and without it).
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import torch

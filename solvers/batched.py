@@ -53,8 +53,8 @@ import torch.nn as nn
 
 from models.diffusion import randn_like
 from models.dip_unet import build_dip_net
-from solvers.base import Callback, Result, check_measurements
-from solvers.common import deterministic_mode, initial_input, make_generator, progress_bar, resolve_config
+from solvers.base import Callback, Result
+from solvers.common import deterministic_mode, initial_input, make_generator, progress_bar
 from solvers.udig_dip import UDiGDIP, default_config as _udig_default_config, scaled_purify
 from utils.complex import from_channels, to_channels
 
@@ -361,15 +361,12 @@ class BatchedUDiGDIP(UDiGDIP):
     # -------------------------------------------------------------------------------- solver
     def __call__(self, y: torch.Tensor, physics: nn.Module, x_gt: Optional[torch.Tensor] = None,
                  callback: Optional[Callback | Sequence[Callback]] = None) -> Result:
-        check_measurements(y)
         c = self.cfg
         K, N = int(c.num_outer), int(c.inner_steps)
         B = len(self.seeds)
         if y.shape[0] != B:
             raise ValueError(f"y has batch {y.shape[0]} but {B} seeds were given (one per slice)")
-        device = self.device or y.device
-        y = y.to(device)
-        is_complex = bool(getattr(physics, "is_complex", torch.is_complex(y)))
+        device, y, is_complex = self._prepare(y, physics)
         dtype = torch.float64 if y.dtype in (torch.complex128, torch.float64) else torch.float32
         bf16 = self._use_bf16(torch.device(device))
         lam, red = float(c.lam), c.reduction

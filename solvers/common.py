@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -294,3 +294,32 @@ def progress_bar(total: int, desc: str, disable: bool):
     from tqdm.auto import tqdm
 
     return tqdm(total=int(total), desc=desc, disable=bool(disable), leave=False, dynamic_ncols=True)
+
+
+class DIPSolverBase:
+    """Shared constructor and call prologue of the DIP-type solvers.
+
+    ``Solver(cfg=None, denoiser=None, seed=0, device=None)``: ``cfg`` overrides the class's
+    ``default_config()`` (unknown fields raise), ``_validate()`` checks the result.
+    :meth:`_prepare` checks ``y`` for NaN/Inf and moves it to the solver's device.
+    """
+
+    name = "dip-base"
+
+    def __init__(self, cfg: Any = None, denoiser: Any = None, seed: int = 0,
+                 device: Optional[torch.device | str] = None):
+        self.cfg = resolve_config(type(self).default_config(), cfg)
+        self.denoiser, self.seed = denoiser, int(seed)
+        self.device = None if device is None else torch.device(device)
+        self._validate()
+
+    def _validate(self) -> None:
+        """Raise ``ValueError`` for an invalid ``self.cfg`` (subclasses)."""
+
+    def _prepare(self, y: torch.Tensor, physics: nn.Module):
+        """``(device, y on device, is_complex)`` after checking ``y`` for NaN/Inf."""
+        from solvers.base import check_measurements
+
+        check_measurements(y)
+        device = self.device or y.device
+        return device, y.to(device), bool(getattr(physics, "is_complex", torch.is_complex(y)))

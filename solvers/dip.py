@@ -10,14 +10,14 @@ Optional ``input_noise_std`` (σ_p of the DIP paper's input perturbation) adds f
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 
 from models.dip_unet import build_dip_net
-from solvers.base import Callback, Result, check_measurements, notify
-from solvers.common import (deterministic_mode, dip_common_defaults, fit_dip, make_generator,
-                            make_optimizer, net_output, progress_bar, resolve_config)
+from solvers.base import Callback, Result, notify
+from solvers.common import (DIPSolverBase, deterministic_mode, dip_common_defaults, fit_dip, make_generator,
+                            make_optimizer, net_output, progress_bar)
 
 INPUT_KINDS = ("uniform", "normal")
 
@@ -37,27 +37,20 @@ def default_config():
     return ml_collections.ConfigDict(cfg)
 
 
-class VanillaDIP:
+class VanillaDIP(DIPSolverBase):
     """``VanillaDIP(cfg, seed=seed)(y, physics, x_gt=None, callback=None) -> Result``."""
 
     name = "dip"
     default_config = staticmethod(default_config)
 
-    def __init__(self, cfg: Any = None, denoiser: Any = None, seed: int = 0,
-                 device: Optional[torch.device | str] = None):
-        self.cfg = resolve_config(default_config(), cfg)
+    def _validate(self) -> None:
         if self.cfg.input_kind not in INPUT_KINDS:
             raise ValueError(f"unknown input_kind {self.cfg.input_kind!r}; choose one of {INPUT_KINDS}")
-        self.seed = int(seed)
-        self.device = None if device is None else torch.device(device)
 
     def __call__(self, y: torch.Tensor, physics: torch.nn.Module, x_gt: Optional[torch.Tensor] = None,
                  callback: Optional[Callback] = None) -> Result:
-        check_measurements(y)
+        device, y, is_complex = self._prepare(y, physics)
         c = self.cfg
-        device = self.device or y.device
-        y = y.to(device)
-        is_complex = bool(getattr(physics, "is_complex", torch.is_complex(y)))
         B = y.shape[0]
         H, W = physics.image_shape
         history: dict = {}

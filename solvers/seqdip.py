@@ -14,10 +14,6 @@ switches purification off and drops the purification fields from the config.
 """
 from __future__ import annotations
 
-from typing import Any, Optional
-
-import torch
-
 from solvers.common import dip_common_defaults
 from solvers.udig_dip import UDiGDIP
 
@@ -42,10 +38,6 @@ class SeqDIP(UDiGDIP):
 
     name = "aseqdip"
     default_config = staticmethod(default_config)
-
-    def __init__(self, cfg: Any = None, denoiser: Any = None, seed: int = 0,
-                 device: Optional[torch.device | str] = None):
-        super().__init__(cfg, denoiser=denoiser, seed=seed, device=device)  # denoiser is ignored
 
     def _validate(self) -> None:
         c = self.cfg

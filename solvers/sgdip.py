@@ -15,14 +15,14 @@ no schedule on σ or λ.  Reductions as in ``solvers/common.py``.
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 
 from models.dip_unet import build_dip_net
-from solvers.base import Callback, Result, check_measurements, notify
-from solvers.common import (deterministic_mode, dip_common_defaults, fit_dip, initial_input,
-                            make_generator, make_optimizer, progress_bar, resolve_config)
+from solvers.base import Callback, Result, notify
+from solvers.common import (DIPSolverBase, deterministic_mode, dip_common_defaults, fit_dip, initial_input,
+                            make_generator, make_optimizer, progress_bar)
 from utils.complex import from_channels, to_channels
 
 
@@ -53,27 +53,20 @@ def smoothed_output(net: torch.nn.Module, z: torch.Tensor, sigma: float, num_sam
     return from_channels(out.reshape(M, *zc.shape[:1], *out.shape[1:]).mean(0), is_complex)
 
 
-class SelfGuidedDIP:
+class SelfGuidedDIP(DIPSolverBase):
     """``SelfGuidedDIP(cfg, seed=seed)(y, physics, x_gt=None, callback=None) -> Result``."""
 
     name = "sgdip"
     default_config = staticmethod(default_config)
 
-    def __init__(self, cfg: Any = None, denoiser: Any = None, seed: int = 0,
-                 device: Optional[torch.device | str] = None):
-        self.cfg = resolve_config(default_config(), cfg)
+    def _validate(self) -> None:
         if int(self.cfg.num_samples) < 1 or int(self.cfg.eval_samples) < 1:
             raise ValueError("num_samples and eval_samples must be >= 1")
-        self.seed = int(seed)
-        self.device = None if device is None else torch.device(device)
 
     def __call__(self, y: torch.Tensor, physics: torch.nn.Module, x_gt: Optional[torch.Tensor] = None,
                  callback: Optional[Callback] = None) -> Result:
-        check_measurements(y)
+        device, y, is_complex = self._prepare(y, physics)
         c = self.cfg
-        device = self.device or y.device
-        y = y.to(device)
-        is_complex = bool(getattr(physics, "is_complex", torch.is_complex(y)))
         sigma = float(c.noise_std)
         history: dict = {}
         with deterministic_mode(c.deterministic), progress_bar(c.num_steps, self.name, c.disable_progress) as pbar:

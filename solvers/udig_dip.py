@@ -27,14 +27,14 @@ seed therefore reproduces the result bit-for-bit (on GPU with ``deterministic=Tr
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 
 from models.dip_unet import build_dip_net
-from solvers.base import Callback, Result, check_measurements, notify
-from solvers.common import (deterministic_mode, dip_common_defaults, fit_dip, initial_input,
-                            make_generator, make_optimizer, net_output, progress_bar, resolve_config)
+from solvers.base import Callback, Result, notify
+from solvers.common import (DIPSolverBase, deterministic_mode, dip_common_defaults, fit_dip, initial_input,
+                            make_generator, make_optimizer, net_output, progress_bar)
 
 T_SCHEDULES = ("linear", "cosine", "geometric")
 OUTPUTS = ("f_of_z", "last_fit")
@@ -108,7 +108,7 @@ def scaled_purify(purify_fn, x: torch.Tensor, normalize: bool) -> torch.Tensor:
         return (purify_fn(x / scale) * scale).detach()
 
 
-class UDiGDIP:
+class UDiGDIP(DIPSolverBase):
     """uDiG-DIP solver: ``UDiGDIP(cfg, denoiser, seed)(y, physics, x_gt=None, callback=None)``.
 
     ``denoiser`` must provide ``purify(x [B,H,W], t, num_steps=, eta=, generator=) -> [B,H,W]``
@@ -118,12 +118,6 @@ class UDiGDIP:
     name = "udig_dip"
     default_config = staticmethod(default_config)
 
-    def __init__(self, cfg: Any = None, denoiser: Any = None, seed: int = 0,
-                 device: Optional[torch.device | str] = None):
-        self.cfg = resolve_config(type(self).default_config(), cfg)
-        self.denoiser, self.seed = denoiser, int(seed)
-        self.device = None if device is None else torch.device(device)
-        self._validate()
 
     # ------------------------------------------------------------------ purification (step 2)
     def _validate(self) -> None:
@@ -163,12 +157,9 @@ class UDiGDIP:
     # ------------------------------------------------------------------------------ the solver
     def __call__(self, y: torch.Tensor, physics: torch.nn.Module, x_gt: Optional[torch.Tensor] = None,
                  callback: Optional[Callback] = None) -> Result:
-        check_measurements(y)
+        device, y, is_complex = self._prepare(y, physics)
         c = self.cfg
         K, N = int(c.num_outer), int(c.inner_steps)
-        device = self.device or y.device
-        y = y.to(device)
-        is_complex = bool(getattr(physics, "is_complex", torch.is_complex(y)))
         history: dict = {}
         with deterministic_mode(c.deterministic), progress_bar(K * N, self.name, c.disable_progress) as pbar:
             z = initial_input(y, physics, c.z0)                                  # z₀
