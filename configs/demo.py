@@ -42,7 +42,7 @@ def apply_demo_solver_settings(c):
     }
     c.modality_overrides.CT = {
         # K·N = 600 DIP steps; the CT data term (line integrals) is larger, so λ is larger.
-        "udigdip": {"num_outer": 60, "inner_steps": 10, "lam": 3.0, "t_start": 40, "purify_stop": 60},
+        "udigdip": {"num_outer": 60, "inner_steps": 10, "lam": 3.0, "t_start": 80, "purify_stop": 60},
         "aseqdip": {"num_outer": 60, "inner_steps": 10, "lam": 3.0},
         "dip": {"num_steps": 600},
         "sgdip": {"num_steps": 600},
