@@ -46,5 +46,7 @@ def apply_demo_solver_settings(c):
         "aseqdip": {"num_outer": 60, "inner_steps": 10, "lam": 3.0},
         "dip": {"num_steps": 600},
         "sgdip": {"num_steps": 600},
+        # DPS's gradient of ‖y − A x̂₀‖ scales with ‖A‖ (line integrals): ζ = 1 diverges on CT.
+        "dps": {"zeta": 0.1},
     }
     return c
