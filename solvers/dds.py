@@ -54,6 +54,7 @@ from tqdm.auto import tqdm
 from models.diffusion import randn_like, respaced_timesteps
 from solvers.base import Callback, Result, check_measurements, notify
 from solvers.cg import batch_dot, conjugate_gradient
+from solvers.common import resolve_config
 
 __all__ = ["DDS", "default_config", "dds_timesteps"]
 
@@ -146,13 +147,7 @@ class DDS:
     """
 
     def __init__(self, cfg=None, denoiser=None, seed: int = 0, device=None):
-        base = default_config()
-        if cfg is not None:
-            items = cfg.items() if hasattr(cfg, "items") else dict(cfg).items()
-            for k, v in items:
-                if k not in base:
-                    raise ValueError(f"unknown DDS config key {k!r}; valid keys: {sorted(base)}")
-                base[k] = v
+        base = resolve_config(default_config(), cfg)
         if base.dc_mode not in ("proximal", "krylov"):
             raise ValueError(f"dc_mode must be 'proximal' or 'krylov', got {base.dc_mode!r}")
         if base.eps_source not in ("network", "dc"):

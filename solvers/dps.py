@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 
 from solvers.base import Callback, Result, notify
 from solvers.cg import batch_dot
+from solvers.common import resolve_config
 from solvers.dds import _noise, _schedule, _setup, dds_timesteps
 
 __all__ = ["DPS", "default_config"]
@@ -73,13 +74,7 @@ class DPS:
     """
 
     def __init__(self, cfg=None, denoiser=None, seed: int = 0, device=None):
-        base = default_config()
-        if cfg is not None:
-            items = cfg.items() if hasattr(cfg, "items") else dict(cfg).items()
-            for k, v in items:
-                if k not in base:
-                    raise ValueError(f"unknown DPS config key {k!r}; valid keys: {sorted(base)}")
-                base[k] = v
+        base = resolve_config(default_config(), cfg)
         if not 0.0 <= base.eta <= 1.0:
             raise ValueError(f"eta must be in [0, 1], got {base.eta}")
         if base.zeta < 0:
