@@ -487,23 +487,24 @@ class ParallelBeamCT(torch.nn.Module):
             )
 
     # -- operator API -----------------------------------------------------------------------
+    def _matmul(self, t: torch.Tensor, transpose: bool, out_shape: tuple) -> torch.Tensor:
+        """``A t`` (or ``Aᵀ t``) on a batch, the batch as the columns of one sparse product;
+        gradients go through the other matrix (``_SparseApply``)."""
+        a, at = self._mats(t.dtype, t.device)
+        m, m_adj = (at, a) if transpose else (a, at)
+        b = t.shape[0]
+        out = _SparseApply.apply(t.reshape(b, -1).t().contiguous(), m, m_adj)
+        return out.t().reshape(b, *out_shape)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``A x``: ``[B,N,N]`` → ``[B,V,D]`` line integrals (pixel units)."""
         self._check_image(x)
-        a, at = self._mats(x.dtype, x.device)
-        b = x.shape[0]
-        cols = x.reshape(b, -1).t().contiguous()
-        out = _SparseApply.apply(cols, a, at)
-        return out.t().reshape(b, self.num_views, self.num_detectors)
+        return self._matmul(x, False, (self.num_views, self.num_detectors))
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
         """``Aᵀ y``: ``[B,V,D]`` → ``[B,N,N]`` (exact transpose, no scaling)."""
         self._check_sino(y)
-        a, at = self._mats(y.dtype, y.device)
-        b = y.shape[0]
-        cols = y.reshape(b, -1).t().contiguous()
-        out = _SparseApply.apply(cols, at, a)
-        return out.t().reshape(b, self.image_size, self.image_size)
+        return self._matmul(y, True, (self.image_size, self.image_size))
 
     def normal(self, x: torch.Tensor) -> torch.Tensor:
         """``Aᵀ A x``."""
