@@ -251,18 +251,23 @@ def _cache_put(key, value) -> None:
         _CACHE.popitem(last=False)
 
 
-def backprojection_matrix(image_size: int, angles_deg: Sequence[float], detector_pos: Sequence[float]):
-    """Cached linear-interpolation back-projector ``[N², V·D]`` (float64 CPU torch CSR)."""
-    ang = np.asarray(angles_deg, dtype=np.float64)
-    pos = np.asarray(detector_pos, dtype=np.float64)
-    key = _cache_key("interp", image_size, ang, pos)
+def _cached(key, build):
+    """The LRU entry ``key``, built with ``build()`` and stored on a miss."""
     hit = _CACHE.get(key)
     if hit is not None:
         _CACHE.move_to_end(key)
         return hit
-    b = _to_torch_csr(_build_interp_backprojector(int(image_size), ang, pos))
-    _cache_put(key, b)
-    return b
+    value = build()
+    _cache_put(key, value)
+    return value
+
+
+def backprojection_matrix(image_size: int, angles_deg: Sequence[float], detector_pos: Sequence[float]):
+    """Cached linear-interpolation back-projector ``[N², V·D]`` (float64 CPU torch CSR)."""
+    ang = np.asarray(angles_deg, dtype=np.float64)
+    pos = np.asarray(detector_pos, dtype=np.float64)
+    return _cached(_cache_key("interp", image_size, ang, pos),
+                   lambda: _to_torch_csr(_build_interp_backprojector(int(image_size), ang, pos)))
 
 
 def system_matrix(image_size: int, angles_deg: Sequence[float], detector_pos: Sequence[float]):
@@ -271,22 +276,20 @@ def system_matrix(image_size: int, angles_deg: Sequence[float], detector_pos: Se
     Key: ``(N, angles rounded to 1e-9°, detector positions rounded to 1e-9)``; the module-level
     LRU holds 8 entries (system matrices and interpolating back-projectors).
     """
-    global LAST_BUILD_SECONDS
     ang = np.asarray(angles_deg, dtype=np.float64)
     pos = np.asarray(detector_pos, dtype=np.float64)
-    key = _cache_key("siddon", image_size, ang, pos)
-    hit = _CACHE.get(key)
-    if hit is not None:
-        _CACHE.move_to_end(key)
-        return hit
-    t0 = time.perf_counter()
-    a = _build_matrix(int(image_size), ang, pos)
-    at = a.T.tocsr()  # exact transpose (same numbers), sorted indices
-    at.sort_indices()
-    pair = (_to_torch_csr(a), _to_torch_csr(at))
-    LAST_BUILD_SECONDS = time.perf_counter() - t0
-    _cache_put(key, pair)
-    return pair
+
+    def build():
+        global LAST_BUILD_SECONDS
+        t0 = time.perf_counter()
+        a = _build_matrix(int(image_size), ang, pos)
+        at = a.T.tocsr()  # exact transpose (same numbers), sorted indices
+        at.sort_indices()
+        pair = (_to_torch_csr(a), _to_torch_csr(at))
+        LAST_BUILD_SECONDS = time.perf_counter() - t0
+        return pair
+
+    return _cached(_cache_key("siddon", image_size, ang, pos), build)
 
 
 # ----------------------------------------------------------------------------------------------
