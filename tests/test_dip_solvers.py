@@ -28,13 +28,7 @@ H = W = 24
 
 
 # ------------------------------------------------------------------------------------ fixtures
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny problems: one intra-op thread is much faster on a shared, loaded CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class MaskedFFT(nn.Module):

@@ -121,14 +121,7 @@ def _ref_image(deg: str, index: int = 0) -> torch.Tensor:
     return load_dataset(ROOT / "indist_samples", modality_of(deg))[index].x_ref
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """In-process solver calls on one thread: on a busy 2-core machine torch's default of one
-    thread per core is ~20× slower (spin-waiting), and the result does not depend on it."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------------- shared tiny runs

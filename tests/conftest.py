@@ -1,0 +1,13 @@
+"""Shared test fixtures."""
+import pytest
+import torch
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Run a module's tiny problems on one intra-op thread: on a busy 2-core machine torch's
+    default of one thread per core is many times slower (spin-waiting); results don't depend on it."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
