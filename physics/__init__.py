@@ -6,6 +6,9 @@
 """
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import torch
 
 DEGRADATIONS = ("MRI-multi", "SV-CT", "LA-CT")
@@ -58,3 +61,25 @@ def simulate_measurements(physics: torch.nn.Module, x: torch.Tensor, noise_sigma
             n = torch.randn(y.shape, generator=g, dtype=y.dtype)
         y = y + noise_sigma * n.to(device=y.device, dtype=y.dtype)
     return y
+
+
+@contextlib.contextmanager
+def finite_checks(physics: torch.nn.Module, enabled: bool) -> Iterator[torch.nn.Module]:
+    """Switch the operators' NaN/Inf input checks on or off inside the block (restored after).
+
+    Every operator checks its inputs with ``torch.isfinite(t).all()`` by default, which on a GPU
+    is a host–device sync per call.  The DIP loops check ``y`` once, turn the per-call check off
+    for their inner loop and detect non-finite losses at their logging steps instead (the NaN
+    guard of ``solvers.common.fit_dip``).  Applies to ``physics`` and every sub-module that has a
+    ``check_finite`` attribute; objects without it are left alone.
+    """
+    mods = [m for m in physics.modules() if hasattr(m, "check_finite")] if isinstance(
+        physics, torch.nn.Module) else ([physics] if hasattr(physics, "check_finite") else [])
+    saved = [m.check_finite for m in mods]
+    try:
+        for m in mods:
+            m.check_finite = bool(enabled)
+        yield physics
+    finally:
+        for m, v in zip(mods, saved):
+            m.check_finite = v
