@@ -39,7 +39,8 @@ Usage::
 ``BatchedSeqDIP`` is the purification-free variant (aSeqDIP).  The network's parameter dtype
 follows the measurements (float64 for complex128 / float64 data, else float32).  Optional
 ``cfg.perf`` fields: ``bf16`` (autocast the DIP network to bfloat16 on CUDA, or on CPU when
-``bf16_cpu``), ``compile`` (``torch.compile`` the vmapped network; falls back with a warning).
+``bf16_cpu``), ``compile`` (``torch.compile`` the vmapped network; CPU only — refused with a
+warning on CUDA, where it gave wrong images, see :func:`compile_refusal`).
 """
 from __future__ import annotations
 
@@ -53,6 +54,7 @@ import torch.nn as nn
 
 from models.diffusion import randn_like
 from models.dip_unet import build_dip_net
+from physics import finite_checks
 from solvers.base import Callback, Result
 from solvers.common import deterministic_mode, initial_input, make_generator, progress_bar
 from solvers.udig_dip import UDiGDIP, default_config as _udig_default_config, scaled_purify
@@ -65,7 +67,7 @@ __all__ = ["BatchedDIPNets", "StackedAdam", "BatchedUDiGDIP", "BatchedSeqDIP", "
 def _perf_defaults() -> dict:
     return dict(bf16=False,       # autocast the DIP network to bfloat16 (CUDA). Our choice: off (exactness).
                 bf16_cpu=False,   # also autocast on CPU (slow on most CPUs). Our choice.
-                compile=False)    # torch.compile the vmapped network. Our choice: off.
+                compile=False)    # torch.compile the vmapped network (CPU only, see compile_refusal). Our choice: off.
 
 
 def default_config():
@@ -84,6 +86,20 @@ def seqdip_default_config():
 
 
 # ----------------------------------------------------------------------------------- networks
+def compile_refusal(device: torch.device) -> Optional[str]:
+    """Why ``torch.compile`` of the vmapped DIP networks is refused on ``device`` (``None`` = allowed).
+
+    On CUDA it is refused: on an H200 with torch 2.11 + CUDA 13.0 the compiled networks ran without
+    error or warning and returned wrong images (demo MRI: PSNR −12 to −33 dB against +20 dB eager;
+    the same setting on CPU agreed with eager to rounding).  The cause was not found; lift this
+    only with a test on the GPU that compares compiled and eager outputs.
+    """
+    if device.type == "cuda":
+        return ("torch.compile of the vmapped DIP networks returned wrong images on CUDA (H200, "
+                "torch 2.11; see solvers.batched.compile_refusal)")
+    return None
+
+
 class BatchedDIPNets:
     """``B`` independent :class:`models.dip_unet.DIPUNet` s evaluated with one ``vmap`` call.
 
@@ -110,10 +126,16 @@ class BatchedDIPNets:
         self.batch = len(nets)
         self.num_params_per_net = sum(p.numel() for p in nets[0].parameters())
         self._fn = self._make_fn()
-        if compile:
+        self.compiled = False
+        reason = compile_refusal(torch.device(device) if device is not None else torch.device("cpu"))
+        if compile and reason:
+            warnings.warn(f"perf.compile ignored, running eagerly: {reason}", stacklevel=2)
+        elif compile:
+            self.compiled = True
             try:
                 self._fn = torch.compile(self._fn, dynamic=False)
             except Exception as e:  # pragma: no cover - depends on the toolchain
+                self.compiled = False
                 warnings.warn(f"torch.compile failed ({e!r}); running eagerly", stacklevel=2)
 
     def _make_fn(self) -> Callable:
@@ -174,21 +196,28 @@ class StackedAdam:
         uniform = len(set(self.step_count)) == 1 and len(set(self.lr)) == 1
         bc1 = [1 - b1 ** s for s in self.step_count]
         bc2s = [(1 - b2 ** s) ** 0.5 for s in self.step_count]
-        for p, m, v in zip(self.params, self.exp_avg, self.exp_avg_sq):
-            g = p.grad
-            if g is None:
-                continue
-            if self.weight_decay:
-                g = g.add(p, alpha=self.weight_decay)
-            m.lerp_(g, 1 - b1)
-            v.mul_(b2).addcmul_(g, g, value=1 - b2)
-            if uniform:
-                denom = (v.sqrt() / bc2s[0]).add_(self.eps)
-                p.addcdiv_(m, denom, value=-(self.lr[0] / bc1[0]))
-            else:
-                denom = (v.sqrt() / self._per_slice(bc2s, v)).add_(self.eps)
+        live = [(p, m, v) for p, m, v in zip(self.params, self.exp_avg, self.exp_avg_sq) if p.grad is not None]
+        if not live:
+            return
+        ps, ms, vs = (list(t) for t in zip(*live))
+        gs = [p.grad for p in ps]
+        # multi-tensor (foreach) ops: ~8 kernel launches per step instead of ~7 per parameter
+        # tensor (the host issues them; on a GPU the DIP step is bound by that, see README)
+        if self.weight_decay:
+            gs = torch._foreach_add(gs, ps, alpha=self.weight_decay)
+        torch._foreach_lerp_(ms, gs, 1 - b1)
+        torch._foreach_mul_(vs, b2)
+        torch._foreach_addcmul_(vs, gs, gs, value=1 - b2)
+        denom = torch._foreach_sqrt(vs)
+        if uniform:
+            torch._foreach_div_(denom, bc2s[0])
+            torch._foreach_add_(denom, self.eps)
+            torch._foreach_addcdiv_(ps, ms, denom, value=-(self.lr[0] / bc1[0]))
+        else:
+            for p, m, v, d in zip(ps, ms, vs, denom):
+                d.div_(self._per_slice(bc2s, v)).add_(self.eps)
                 step_size = self._per_slice([lr / c for lr, c in zip(self.lr, bc1)], p)
-                p.sub_(step_size * m / denom)
+                p.sub_(step_size * m / d)
 
     def snapshot(self) -> dict:
         return {"p": [p.detach().clone() for p in self.params], "m": [m.clone() for m in self.exp_avg],
@@ -398,64 +427,66 @@ class BatchedUDiGDIP(UDiGDIP):
                                            "(non-finite loss); lower the learning rate or check the "
                                            "measurement scaling")
 
-            for k in range(K):
-                snap = opt.snapshot()
-                log_last = k == K - 1
-                for i in range(1, N + 1):
-                    step = k * N + i
-                    check = step % log_every == 0 or (log_last and i == N)
-                    opt.zero_grad()
-                    x = fwd(z)
-                    bad_x = None
-                    try:
-                        r = physics(x) - y
-                    except ValueError:
-                        fin = _finite_per_slice(x.detach())
-                        if bool(fin.all()):
-                            raise
-                        bad_x = (~fin).tolist()      # replace non-finite slices, roll them back below
-                        x = torch.where(fin.view(-1, 1, 1), x, torch.zeros((), dtype=x.dtype, device=x.device))
-                        r = physics(x) - y
-                    data = _sq_per_slice(r, red)
-                    reg = _sq_per_slice(x - z, red) if lam else torch.zeros_like(data)
-                    total = data + lam * reg if lam else data
-                    if bad_x is not None:
-                        # a single run catches the operator's ValueError: no history, no update
+            # operators' per-call NaN checks off (host sync on GPU); the loss is checked at check steps
+            with finite_checks(physics, False):
+                for k in range(K):
+                    snap = opt.snapshot()
+                    log_last = k == K - 1
+                    for i in range(1, N + 1):
+                        step = k * N + i
+                        check = step % log_every == 0 or (log_last and i == N)
+                        opt.zero_grad()
+                        x = fwd(z)
+                        bad_x = None
+                        try:
+                            r = physics(x) - y
+                        except ValueError:
+                            fin = _finite_per_slice(x.detach())
+                            if bool(fin.all()):
+                                raise
+                            bad_x = (~fin).tolist()      # replace non-finite slices, roll them back below
+                            x = torch.where(fin.view(-1, 1, 1), x, torch.zeros((), dtype=x.dtype, device=x.device))
+                            r = physics(x) - y
+                        data = _sq_per_slice(r, red)
+                        reg = _sq_per_slice(x - z, red) if lam else torch.zeros_like(data)
+                        total = data + lam * reg if lam else data
+                        if bad_x is not None:
+                            # a single run catches the operator's ValueError: no history, no update
+                            total.sum().backward()
+                            opt.step()
+                            on_nan(bad_x, step, snap)
+                            if pbar is not None:
+                                pbar.update(1)
+                            continue
+                        bad = [False] * B
+                        if check:
+                            vals = torch.stack((total.detach(), data.detach(), reg.detach())).tolist()
+                            bad = [not math.isfinite(v) for v in vals[0]]
+                            good = [not v for v in bad]
+                            opt.update_snapshot(snap, good)
+                            for b in range(B):
+                                if bad[b]:
+                                    continue
+                                for key, val in (("step", step), ("loss", vals[0][b]), ("data_loss", vals[1][b]),
+                                                 ("reg_loss", vals[2][b]), ("lr", opt.lr[b])):
+                                    histories[b].setdefault(key, []).append(val)
+                            self._notify(callback, per_slice_cbs, step, x.detach(), vals, good, opt.lr, k, x_gt)
+                            if pbar is not None:
+                                pbar.set_postfix(loss=f"{sum(vals[0]) / B:.3e}", refresh=False)
                         total.sum().backward()
                         opt.step()
-                        on_nan(bad_x, step, snap)
+                        if any(bad):
+                            on_nan(bad, step, snap)        # = skipping this step for those slices
                         if pbar is not None:
                             pbar.update(1)
-                        continue
-                    bad = [False] * B
-                    if check:
-                        vals = torch.stack((total.detach(), data.detach(), reg.detach())).tolist()
-                        bad = [not math.isfinite(v) for v in vals[0]]
-                        good = [not v for v in bad]
-                        opt.update_snapshot(snap, good)
-                        for b in range(B):
-                            if bad[b]:
-                                continue
-                            for key, val in (("step", step), ("loss", vals[0][b]), ("data_loss", vals[1][b]),
-                                             ("reg_loss", vals[2][b]), ("lr", opt.lr[b])):
-                                histories[b].setdefault(key, []).append(val)
-                        self._notify(callback, per_slice_cbs, step, x.detach(), vals, good, opt.lr, k, x_gt)
-                        if pbar is not None:
-                            pbar.set_postfix(loss=f"{sum(vals[0]) / B:.3e}", refresh=False)
-                    total.sum().backward()
-                    opt.step()
-                    if any(bad):
-                        on_nan(bad, step, snap)        # = skipping this step for those slices
-                    if pbar is not None:
-                        pbar.update(1)
-                with torch.no_grad():
-                    x = fwd(z).detach()
-                    fin = _finite_per_slice(x)
-                    if not bool(fin.all()):
-                        on_nan((~fin).tolist(), k * N + N, snap)
+                    with torch.no_grad():
                         x = fwd(z).detach()
-                # (2) input update
-                z = self._purify_batch(x, k, gens, common) if self.purifies(k) else x
+                        fin = _finite_per_slice(x)
+                        if not bool(fin.all()):
+                            on_nan((~fin).tolist(), k * N + N, snap)
+                            x = fwd(z).detach()
+                    # (2) input update
+                    z = self._purify_batch(x, k, gens, common) if self.purifies(k) else x
             if c.output == "f_of_z":
                 with torch.no_grad():
                     x = fwd(z).detach()

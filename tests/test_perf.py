@@ -140,6 +140,31 @@ def test_batched_seqdip_matches_single_and_no_coupling():
     assert seen[0] == seen[1] == seen[2] == single_seen
 
 
+@pytest.mark.parametrize("wd", [0.0, 0.01])
+def test_stacked_adam_uniform_multi_tensor_equals_torch_adam(wd):
+    """The common case (same lr and step count on every slice) takes the foreach path: several
+    stacked tensors, each slice equal to torch.optim.Adam on that slice's tensors."""
+    torch.manual_seed(1)
+    B, shapes = 2, [(3, 4), (5,), (2, 2, 3)]
+    w0 = [torch.randn(B, *sh, dtype=torch.float64) for sh in shapes]
+    stacked = [w.clone().requires_grad_(True) for w in w0]
+    opt = StackedAdam(stacked, B, lr=3e-3, weight_decay=wd)
+    singles = [[w[b].clone().requires_grad_(True) for w in w0] for b in range(B)]
+    topts = [torch.optim.Adam(singles[b], lr=3e-3, weight_decay=wd) for b in range(B)]
+    for _ in range(4):
+        gs = [torch.randn(B, *sh, dtype=torch.float64) for sh in shapes]
+        for t, g in zip(stacked, gs):
+            t.grad = g.clone()
+        opt.step()
+        for b in range(B):
+            for t, g in zip(singles[b], gs):
+                t.grad = g[b].clone()
+            topts[b].step()
+    for b in range(B):
+        for t, s_ in zip(stacked, singles[b]):
+            torch.testing.assert_close(t.detach()[b], s_.detach(), rtol=1e-12, atol=1e-14)
+
+
 def test_stacked_adam_equals_independent_adams_and_rolls_back():
     torch.manual_seed(0)
     B, lrs = 3, [1e-2, 5e-3, 2e-2]
@@ -195,6 +220,34 @@ def test_batched_on_cuda_matches_cpu_loosely():
     bf = BatchedSeqDIP({**cfg, "perf": {"bf16": True}}, seeds=[0, 1], device="cuda")(
         torch.cat(ys).cuda(), stack_physics(ops).cuda()).x_hat
     assert torch.isfinite(torch.view_as_real(bf)).all()
+
+
+def test_compile_refused_on_cuda_allowed_on_cpu():
+    from solvers.batched import BatchedDIPNets, compile_refusal
+
+    assert compile_refusal(torch.device("cpu")) is None
+    assert "wrong images" in compile_refusal(torch.device("cuda"))
+    if torch.cuda.is_available():
+        with pytest.warns(UserWarning, match="perf.compile ignored"):
+            nets = BatchedDIPNets({"channels": (4, 8)}, False, [0, 1], device="cuda", compile=True)
+        assert not nets.compiled
+
+
+@pytest.mark.slow
+def test_compiled_batched_nets_match_eager_on_cpu():
+    """perf.compile on CPU: the compiled vmapped networks give the eager outputs and gradients."""
+    from solvers.batched import BatchedDIPNets
+
+    eager = BatchedDIPNets({"channels": (4, 8)}, False, [0, 1])
+    comp = BatchedDIPNets({"channels": (4, 8)}, False, [0, 1], compile=True)
+    assert comp.compiled
+    x = torch.randn(2, 1, H, H)
+    out_e, out_c = eager(x), comp(x)
+    torch.testing.assert_close(out_c, out_e, rtol=1e-4, atol=1e-5)
+    out_e.square().sum().backward()
+    out_c.square().sum().backward()
+    for k in eager.params:
+        torch.testing.assert_close(comp.params[k].grad, eager.params[k].grad, rtol=1e-3, atol=1e-5)
 
 
 # -------------------------------------------------------------------------------- distributed
@@ -308,6 +361,23 @@ def test_merge_waits_for_token_and_rank_dir_writes_no_csv(tmp_path):
 
 
 # -------------------------------------------------------------------------------------- bench
+@pytest.mark.parametrize("modality", ["MRI", "CT"])
+def test_bench_batched_dip_step_equals_single_nets(modality):
+    """The batched DIP-step benchmark computes the real thing: its first step's per-slice losses
+    are the losses of the one-network step (seed 0 = slice 0's network) to float32 rounding."""
+    import bench
+
+    dev = torch.device("cpu")
+    A, y, _ = bench.make_problem(modality, 16, dev, batch=2)
+    net = {"channels": (4, 8)}
+    single = bench.dip_step_fns(bench._slice_physics(A, 0), y[:1], dev, net, False, False)[0]
+    batched = bench.batched_dip_step_fn(A, y, dev, net, 2, False, False)
+    l_single, l_batched = float(single()), batched()
+    assert l_batched.shape == (2,) and torch.isfinite(l_batched).all()
+    assert l_batched[0].item() == pytest.approx(l_single, rel=1e-5)
+    assert l_batched[1].item() != pytest.approx(l_single, rel=1e-3)   # slice 1: other net and data
+
+
 @pytest.mark.slow
 def test_bench_end_to_end_tiny(tmp_path):
     out = tmp_path / "bench.json"
@@ -326,5 +396,7 @@ def test_bench_end_to_end_tiny(tmp_path):
     assert all(r["flops"] > 0 and r["seconds"] > 0 and r["peak_mem_bytes"] > 0 for r in dip)
     assert all("mfu" not in r for r in d["phases"])          # no --peak_tflops on CPU
     assert [b["B"] for b in d["batched"]] == [1, 2]
+    assert [b["B"] for b in d["dip_batched"]] == [1, 2]
+    assert d["dip_batched"][1]["flops"] == 2 * d["dip_batched"][0]["flops"] > 0
     assert all(s["ratio"] > 0 for s in d["speedups"])
     assert "| dip_step |" in p.stdout
