@@ -5,6 +5,7 @@
     python main.py --config=configs/paper_mri_knee.py --data=/data/knee --ckpt=checkpoints/fastmri_knee_320_complex_1m.pt
     python main.py --resume=exp/20261125-210000_demo  # skip finished slices of an interrupted run
     torchrun --nproc_per_node=8 main.py --config=configs/paper_mri_knee.py --data=...  # slices sharded over GPUs
+    python main.py --config=configs/paper_mri_knee.py --data=... --batch_size=8   # 8 slices per batched solve
 
 The path of one slice (each arrow one call below, in :func:`run_slice`)::
 
@@ -13,9 +14,19 @@ The path of one slice (each arrow one call below, in :func:`run_slice`)::
 
 Ground truth reaches the solver only as ``x_gt`` for the metrics callback; the reconstruction
 is computed from ``y`` alone (tests check bit-identity with and without it).
+
+With ``--batch_size=B > 1`` (:func:`run_chunk`) each rank groups its slices into chunks of ``B``;
+uDiG-DIP and aSeqDIP reconstruct the unfinished slices of a chunk in ONE batched solve
+(``solvers.batched``: the operators stacked with ``stack_physics``, one DIP network and seed per
+slice, the same ``y`` and seed per slice as a one-at-a-time run, so the results agree up to float
+rounding), the other solvers still run one slice at a time.  Each slice is saved as in the
+one-slice path; its ``seconds`` are the batch's time / (slices in the batch), and ``result.json``
+records the batch under ``extra``.
 """
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -44,6 +55,11 @@ flags.DEFINE_string("workdir", None, "Root folder of run folders (overrides conf
 flags.DEFINE_string("name", None, "Run name (suffix of the run folder).")
 flags.DEFINE_string("resume", None, "Reopen this run folder and skip its finished slices.")
 flags.DEFINE_integer("max_slices", None, "Use at most this many slices per degradation.")
+flags.DEFINE_integer("batch_size", None, "Slices per batched solve of udigdip / aseqdip; the other "
+                     "solvers run one slice at a time (overrides config.batch_size; 1 = no batching).")
+
+#: Solvers with a batched variant (``solvers.batched.make_batched_solver``).
+BATCHED_SOLVERS = ("udigdip", "aseqdip")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -59,7 +75,7 @@ def apply_flags(cfg):
     """Copy the convenience flags into the config (the config is what gets saved)."""
     with cfg.unlocked():
         for flag, field in (("solver", "solvers"), ("deg", "deg"), ("seed", "seed"),
-                            ("device", "device"), ("workdir", "workdir")):
+                            ("device", "device"), ("workdir", "workdir"), ("batch_size", "batch_size")):
             if getattr(FLAGS, flag) is not None:
                 cfg[field] = getattr(FLAGS, flag)
         if FLAGS.ckpt is not None:
@@ -89,6 +105,33 @@ def parse_lists(cfg) -> tuple[list[str], list[str]]:
     except ValueError as e:
         raise app.UsageError(str(e)) from None
     return degs, names
+
+
+def check_batch_size(cfg) -> int:
+    """``cfg.batch_size`` as an int >= 1 (else a UsageError before anything is loaded or written)."""
+    bs = cfg.get("batch_size", 1)
+    if isinstance(bs, bool) or not isinstance(bs, int) or bs < 1:
+        raise app.UsageError(f"--batch_size (config.batch_size) must be an integer >= 1, got {bs!r} "
+                             "(1 = one slice at a time)")
+    return bs
+
+
+def batched_solver_config(cfg, name: str, modality: str):
+    """The solver's config (:func:`solver_config_for`) plus ``perf`` = ``cfg.perf`` (bf16 / compile
+    switches of ``solvers.batched``)."""
+    c = solver_config_for(cfg, name, modality)
+    perf = cfg.get("perf")
+    if perf is not None:
+        with c.unlocked():
+            c.perf = perf.to_dict() if hasattr(perf, "to_dict") else dict(perf)
+    return c
+
+
+def make_batched(cfg, name: str, modality: str, denoiser, seeds, device):
+    from solvers.batched import make_batched_solver
+
+    return make_batched_solver(name, batched_solver_config(cfg, name, modality),
+                               denoiser if solvers.needs_prior(name) else None, seeds=seeds, device=device)
 
 
 def load_samples(cfg, modality: str):
@@ -149,18 +192,26 @@ def check_prior_matches(denoiser, sample, modality: str) -> None:
 def check_solver_configs(cfg, names, denoiser, device, modality: str) -> None:
     """Build every solver once (constructors only validate their config) so that a bad
     ``--config.solver_cfg.*`` value fails before any run folder is written."""
+    batched = cfg.get("batch_size", 1) > 1
     for name in names:
         try:
             solvers.make_solver(name, solver_config_for(cfg, name, modality),
                                 denoiser if solvers.needs_prior(name) else None,
                                 seed=cfg.seed, device=device)
+            if batched and name in BATCHED_SOLVERS:
+                make_batched(cfg, name, modality, denoiser, [cfg.seed], device)
         except (ValueError, KeyError, TypeError) as e:
             raise app.UsageError(f"invalid config of solver {name!r} "
                                  f"(--config.solver_cfg.{name}.*): {e}") from None
 
 
-#: Config fields that may change when a run is resumed (they do not affect the results).
-RESUME_FREE_FIELDS = ("workdir", "run_name", "device", "data.max_slices")
+#: Config fields that may change when a run is resumed (they do not affect the results beyond
+#: float rounding: ``device`` and ``batch_size`` change the kernels, not the computation).
+RESUME_FREE_FIELDS = ("workdir", "run_name", "device", "data.max_slices", "batch_size")
+#: Fields added after run folders were first written: a saved config.json without them ran with
+#: these values (so such runs can still be resumed).
+ADDED_FIELD_DEFAULTS = {"batch_size": 1, "perf.bf16": False, "perf.bf16_cpu": False,
+                        "perf.compile": False}
 
 
 def _flatten(d, prefix=""):
@@ -183,6 +234,9 @@ def check_resume_config(cfg, run_path) -> None:
         raise app.UsageError(f"--resume={run_path}: no config.json there (not a run folder?)")
     saved = _flatten(json.loads(saved_file.read_text()))
     now = _flatten(json.loads(json.dumps(to_jsonable(cfg))))
+    for k, v in ADDED_FIELD_DEFAULTS.items():
+        saved.setdefault(k, v)
+        now.setdefault(k, v)
     diff = [k for k in sorted(set(saved) | set(now))
             if k not in RESUME_FREE_FIELDS and not k.endswith("progress")
             and saved.get(k, "<unset>") != now.get(k, "<unset>")]
@@ -195,31 +249,119 @@ def check_resume_config(cfg, run_path) -> None:
             f"(only {', '.join(RESUME_FREE_FIELDS)} may change)")
 
 
-def run_slice(cfg, deg, sample, names, denoiser, device, rd, seed: int) -> None:
-    """Reconstruct one slice with every solver in ``names`` and save the results."""
+@dataclass
+class SliceJob:
+    """One slice's problem: operator, reference, measurements and solver input (seed = its own)."""
+    deg: str
+    name: str            # "<deg>_<sample name>", the key of rd.is_done / rd.save_slice
+    seed: int
+    physics: torch.nn.Module
+    x_ref: torch.Tensor  # [1,H,W]
+    y: torch.Tensor      # [1,...]
+    x_in: torch.Tensor   # zero-filled / FBP
+
+
+def prepare_slice(cfg, deg, sample, device, seed: int) -> SliceJob:
+    """``make_physics`` → ``simulate_measurements`` (noise seeded ``seed``) for one slice."""
     physics = make_physics(deg, cfg.physics, sample).to(device)
     x_ref = sample.x_ref[None].to(device)
     y = simulate_measurements(physics, x_ref, cfg.physics.noise_sigma, seed=seed)
     x_in = physics.input_image(y)
-    slice_name = f"{deg}_{sample.name}"
+    return SliceJob(deg, f"{deg}_{sample.name}", seed, physics, x_ref, y, x_in)
+
+
+def _save(rd, name, job: SliceJob, x_hat, callback, seconds, solver_history, extra=None) -> None:
+    kw = {"extra": extra} if extra else {}
+    rd.save_slice(name, job.name, deg=job.deg, recon=x_hat, ref=job.x_ref, inp=job.x_in,
+                  history=callback, seconds=seconds, solver_history=solver_history,
+                  input_label="zero-filled" if modality_of(job.deg) == "MRI" else "FBP", **kw)
+
+
+def solve_one(cfg, job: SliceJob, name, denoiser, device, rd) -> None:
+    """Reconstruct one slice with solver ``name`` (seed ``job.seed``) and save it."""
+    solver = solvers.make_solver(name, solver_config_for(cfg, name, modality_of(job.deg)),
+                                 denoiser if solvers.needs_prior(name) else None, seed=job.seed, device=device)
+    callback = MetricsCallback(job.x_ref, every=1)
+    with rd.timer(f"{name}/{job.name}") as timer:
+        result = solver(job.y, job.physics, x_gt=job.x_ref, callback=callback)
+    _save(rd, name, job, result.x_hat, callback, timer.seconds, result.history)
+
+
+def run_slice(cfg, deg, sample, names, denoiser, device, rd, seed: int) -> None:
+    """Reconstruct one slice with every solver in ``names`` and save the results."""
+    job = prepare_slice(cfg, deg, sample, device, seed)
     for name in names:
-        if rd.is_done(name, slice_name):
-            logging.info("skip %s / %s (finished in an earlier run)", name, slice_name)
+        if rd.is_done(name, job.name):
+            logging.info("skip %s / %s (finished in an earlier run)", name, job.name)
             continue
-        solver = solvers.make_solver(name, solver_config_for(cfg, name, modality_of(deg)),
-                                     denoiser if solvers.needs_prior(name) else None, seed=seed, device=device)
-        callback = MetricsCallback(x_ref, every=1)
-        with rd.timer(f"{name}/{slice_name}") as timer:
-            result = solver(y, physics, x_gt=x_ref, callback=callback)
-        rd.save_slice(name, slice_name, deg=deg, recon=result.x_hat, ref=x_ref, inp=x_in,
-                      history=callback, seconds=timer.seconds, solver_history=result.history,
-                      input_label="zero-filled" if modality_of(deg) == "MRI" else "FBP")
+        solve_one(cfg, job, name, denoiser, device, rd)
+
+
+def _stackable(jobs: list[SliceJob]) -> bool:
+    one = lambda f: len({(tuple(f(j).shape), f(j).dtype) for j in jobs}) == 1  # noqa: E731
+    return one(lambda j: j.x_ref) and one(lambda j: j.y)
+
+
+def solve_batch(cfg, jobs: list[SliceJob], name, denoiser, device, rd) -> None:
+    """Reconstruct ``jobs`` with ONE batched solve of ``name`` (``solvers.batched``) and save each
+    slice as :func:`solve_one` would; slices that cannot be stacked run one at a time."""
+    from solvers.batched import split_result, stack_physics
+
+    B = len(jobs)
+    physics = None
+    if _stackable(jobs):
+        try:
+            physics = stack_physics([j.physics for j in jobs])
+        except (ValueError, RuntimeError) as e:
+            logging.warning("%s: cannot stack the operators of %s (%s)", name, [j.name for j in jobs], e)
+    if physics is None:
+        logging.warning("%s: slices %s differ in shape/geometry; running them one at a time",
+                        name, [j.name for j in jobs])
+        for j in jobs:
+            solve_one(cfg, j, name, denoiser, device, rd)
+        return
+    solver = make_batched(cfg, name, modality_of(jobs[0].deg), denoiser, [j.seed for j in jobs], device)
+    callbacks = [MetricsCallback(j.x_ref, every=1) for j in jobs]
+    y = torch.cat([j.y for j in jobs])
+    x_ref = torch.cat([j.x_ref for j in jobs])
+    t0 = time.perf_counter()
+    result = solver(y, physics, x_gt=x_ref, callback=callbacks)
+    seconds = time.perf_counter() - t0
+    logging.info("%s: %d slices in one batched solve (%s) in %.2f s (%.2f s per slice)",
+                 name, B, ", ".join(j.name for j in jobs), seconds, seconds / B)
+    batch = {"batch_size": B, "batch_slices": [j.name for j in jobs], "batch_seconds": seconds,
+             "perf": result.info.get("config", {}).get("perf")}
+    for j, r, cb in zip(jobs, split_result(result), callbacks):
+        rd.add_timing(f"{name}/{j.name}", seconds / B)
+        _save(rd, name, j, r.x_hat, cb, seconds / B, r.history, extra=batch)
+
+
+def run_chunk(cfg, deg, chunk, names, denoiser, device, rd) -> None:
+    """Reconstruct a chunk of slices ``[(global index, sample), ...]`` with every solver: one
+    batched solve per solver of :data:`BATCHED_SOLVERS` over the chunk's unfinished slices, the
+    other solvers one slice at a time.  Slice ``i`` uses seed ``cfg.seed + i`` as in :func:`run_slice`."""
+    keys = {i: f"{deg}_{sample.name}" for i, sample in chunk}
+    todo = {}
+    for name in names:
+        todo[name] = [i for i, _ in chunk if not rd.is_done(name, keys[i])]
+        for i in (i for i, _ in chunk if i not in todo[name]):
+            logging.info("skip %s / %s (finished in an earlier run)", name, keys[i])
+    needed = {i for idx in todo.values() for i in idx}
+    jobs = {i: prepare_slice(cfg, deg, sample, device, cfg.seed + i) for i, sample in chunk if i in needed}
+    for name in names:
+        mine = [jobs[i] for i in todo[name]]
+        if name in BATCHED_SOLVERS and len(mine) > 1:
+            solve_batch(cfg, mine, name, denoiser, device, rd)
+        else:
+            for job in mine:
+                solve_one(cfg, job, name, denoiser, device, rd)
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     cfg = apply_flags(FLAGS.config)
+    batch_size = check_batch_size(cfg)
     degs, names = parse_lists(cfg)
     info = dist_info()              # torchrun: RANK / WORLD_SIZE / LOCAL_RANK (1 process otherwise)
     if info.distributed:
@@ -231,6 +373,14 @@ def main(argv):
     else:
         device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
+    if batch_size > 1:
+        unbatched = [n for n in names if n not in BATCHED_SOLVERS]
+        logging.info("batch_size=%d: %s in batched solves%s", batch_size,
+                     ", ".join(n for n in names if n in BATCHED_SOLVERS) or "no solver",
+                     f"; {', '.join(unbatched)} one slice at a time (no batched variant)" if unbatched else "")
+    elif cfg.get("perf") is not None and any(bool(v) for v in cfg.perf.to_dict().values()):
+        logging.warning("config.perf (%s) applies to batched solves only (--batch_size > 1); ignored",
+                        cfg.perf.to_dict())
     if FLAGS.resume is not None:
         if not Path(FLAGS.resume).is_dir():
             raise app.UsageError(f"--resume={FLAGS.resume}: no such run folder")
@@ -262,8 +412,16 @@ def main(argv):
     for deg, samples, denoiser in plan:
         # each rank takes a round-robin share; the GLOBAL index keeps the seeds of a 1-process run
         mine = shard(list(enumerate(samples)), info.rank, info.world_size)
-        for i, sample in tqdm(mine, desc=f"{deg} slices", dynamic_ncols=True, disable=not info.is_main):
-            run_slice(cfg, deg, sample, names, denoiser, device, rd, seed=cfg.seed + i)
+        if batch_size == 1:
+            for i, sample in tqdm(mine, desc=f"{deg} slices", dynamic_ncols=True, disable=not info.is_main):
+                run_slice(cfg, deg, sample, names, denoiser, device, rd, seed=cfg.seed + i)
+            continue
+        with tqdm(total=len(mine), desc=f"{deg} slices (batches of {batch_size})", dynamic_ncols=True,
+                  disable=not info.is_main) as bar:
+            for c in range(0, len(mine), batch_size):
+                chunk = mine[c:c + batch_size]
+                run_chunk(cfg, deg, chunk, names, denoiser, device, rd)
+                bar.update(len(chunk))
 
     summary = finish(rd, info, token)   # 1 process: write_summary; several: rank 0 merges
     if summary is not None:

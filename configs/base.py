@@ -18,6 +18,13 @@ def get_base_config():
     c.workdir = "exp"
     c.run_name = ""
     c.log_every = 25                # metric curves / callback period (optimizer steps)
+    # slices reconstructed together by one batched solve (solvers/batched.py; udigdip and aseqdip
+    # only, the other solvers run one slice at a time); 1 = one at a time. Per-slice results equal
+    # the one-at-a-time ones up to float rounding (grouped convolutions).
+    c.batch_size = 1
+    # speed switches of the batched solves (batch_size > 1), solvers/batched.py: bf16 autocast of
+    # the DIP networks (CUDA; on CPU also needs bf16_cpu) and torch.compile. Off = exact float32.
+    c.perf = ml_collections.ConfigDict(dict(bf16=False, bf16_cpu=False, compile=False))
 
     c.data = ml_collections.ConfigDict()
     c.data.path = "indist_samples"  # DDS-style folder, fastMRI .h5, AAPM .npy or DICOM

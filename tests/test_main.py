@@ -38,6 +38,9 @@ TINY = [
     "--config.solver_cfg.dds.nfe=2",
     "--config.solver_cfg.dds.log_every=1",
     "--config.solver_cfg.dds.progress=False",
+    # the demo config's per-modality settings (1000 / 600 DIP steps) win over solver_cfg
+    *(f"--config.modality_overrides.{m}.udigdip.{k}={v}" for m in ("MRI", "CT")
+      for k, v in (("num_outer", 2), ("inner_steps", 1), ("purify_stop", 2))),
 ]
 SOLVERS = ("udigdip", "dds")
 SLICE_FILES = ("recon.npy", "recon.png", "comparison.png", "curves.csv", "curves.png",
@@ -525,3 +528,137 @@ def test_torchrun_two_ranks_match_one_process(tmp_path):
         assert np.array_equal(np.load(_slice_dir(two, "dds", a["slice"]) / "recon.npy"),
                               np.load(_slice_dir(single, "dds", b["slice"]) / "recon.npy"))
     assert json.loads((two / "summary.json").read_text())
+
+
+# ------------------------------------------------------------- 6. --batch_size (batched solves)
+#: Short uDiG-DIP / aSeqDIP runs on MRI: the demo config's ``modality_overrides.MRI`` (1000 DIP
+#: steps) would win over TINY's ``solver_cfg`` values, so they are overridden there (3×2 steps).
+BATCH_TINY = [
+    *TINY, "--deg=MRI-multi", "--solver=udigdip,aseqdip,dds", "--max_slices=3", "--seed=0",
+    "--config.solver_cfg.aseqdip.net.channels=(8,8,8,8)",
+    "--config.solver_cfg.aseqdip.log_every=1",
+    "--config.solver_cfg.aseqdip.disable_progress=True",
+    "--config.modality_overrides.MRI.udigdip.num_outer=3",
+    "--config.modality_overrides.MRI.udigdip.inner_steps=2",
+    "--config.modality_overrides.MRI.udigdip.purify_stop=3",
+    "--config.modality_overrides.MRI.aseqdip.num_outer=3",
+    "--config.modality_overrides.MRI.aseqdip.inner_steps=2",
+]
+BATCH_SOLVERS = ("udigdip", "aseqdip", "dds")
+
+
+@pytest.fixture(scope="module")
+def batch_runs(tmp_path_factory):
+    """The same 3-slice run with --batch_size=1 and --batch_size=2, started together."""
+    tmp = tmp_path_factory.mktemp("batch_runs")
+    r = {bs: Run([f"--workdir={tmp / f'bs{bs}'}", *BATCH_TINY, f"--batch_size={bs}", f"--name=bs{bs}"],
+                 tmp / f"bs{bs}.txt") for bs in (1, 2)}
+    yield r
+    for v in r.values():
+        if v.proc.poll() is None:
+            v.proc.kill()
+            v.wait()
+
+
+def _extra(run_dir: Path, solver: str, slice_name: str) -> dict:
+    return json.loads((_slice_dir(run_dir, solver, slice_name) / "result.json").read_text())["extra"]
+
+
+def test_batch_size_matches_one_at_a_time(batch_runs):
+    one, two = batch_runs[1].run_dir, batch_runs[2].run_dir
+    names = [_slice_name("MRI-multi", i) for i in range(3)]
+    # same rows and the same files
+    key = lambda r: (r["solver"], r["slice"])  # noqa: E731
+    rows1, rows2 = sorted(_rows(one), key=key), sorted(_rows(two), key=key)
+    assert [key(r) for r in rows1] == [key(r) for r in rows2] == sorted(
+        (s, n) for s in BATCH_SOLVERS for n in names)
+    files = lambda d: sorted(str(p.relative_to(d)) for p in (d / "slices").rglob("*") if p.is_file())  # noqa: E731
+    assert files(one) == files(two)
+    assert json.loads((two / "config.json").read_text())["batch_size"] == 2
+    for a, b in zip(rows1, rows2):
+        s, sl = key(a)
+        ra = np.load(_slice_dir(one, s, sl) / "recon.npy")
+        rb = np.load(_slice_dir(two, s, sl) / "recon.npy")
+        if s == "dds" or sl == names[2]:
+            # no batched variant / the chunk's lone slice: the one-at-a-time path, bit for bit
+            assert ra.tobytes() == rb.tobytes(), (s, sl)
+            assert "batch_size" not in _extra(two, s, sl)
+            continue
+        # batched (grouped convolutions): equal up to float32 rounding, which Adam amplifies
+        # (a near-zero gradient's sign flips → a ±lr step) mostly in the null space of A, so the
+        # images differ more than the PSNR (float64 agrees to 1e-13, tests/test_perf.py)
+        assert abs(float(a["psnr"]) - float(b["psnr"])) < 0.1, (s, sl, a["psnr"], b["psnr"])
+        ex = _extra(two, s, sl)
+        assert ex["batch_size"] == 2 and ex["batch_slices"] == names[:2]
+        # each slice of the batch gets the batch's time / 2
+        assert float(b["seconds"]) == pytest.approx(ex["batch_seconds"] / 2, rel=1e-9)
+        with open(_slice_dir(one, s, sl) / "curves.csv", newline="") as f1, \
+                open(_slice_dir(two, s, sl) / "curves.csv", newline="") as f2:
+            c1, c2 = list(csv.DictReader(f1)), list(csv.DictReader(f2))
+        assert [c["step"] for c in c1] == [c["step"] for c in c2] and len(c1) == 6
+        # the loss before the first update: the same net (seed), y and reference slice
+        for k in ("loss", "data_loss", "psnr"):
+            assert float(c2[0][k]) == pytest.approx(float(c1[0][k]), rel=1e-5), (s, sl, k)
+    out = batch_runs[2].output
+    for s in ("udigdip", "aseqdip"):
+        assert f"{s}: 2 slices in one batched solve" in out
+    assert "dds one slice at a time" in out
+
+
+def test_resume_with_batches_runs_only_missing_slices(batch_runs, tmp_path):
+    """An interrupted batched run (only slice 0 finished) resumed with --batch_size=3: the chunk
+    [0, 1, 2] runs one batched solve over slices 1 and 2; slice 0 is not touched."""
+    src = batch_runs[2].run_dir
+    run_dir = tmp_path / src.name
+    shutil.copytree(src, run_dir)
+    names = [_slice_name("MRI-multi", i) for i in range(3)]
+    for s in BATCH_SOLVERS:
+        for sl in names[1:]:
+            shutil.rmtree(_slice_dir(run_dir, s, sl))
+    rows = [r for r in _rows(run_dir) if r["slice"] == names[0]]
+    with open(run_dir / "metrics.csv", newline="") as f:
+        header = next(csv.reader(f))
+    with open(run_dir / "metrics.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=header)
+        w.writeheader()
+        w.writerows(rows)
+    before = {s: _file_state(_slice_dir(run_dir, s, names[0])) for s in BATCH_SOLVERS}
+
+    r = Run([f"--workdir={tmp_path}", *BATCH_TINY, "--batch_size=3", f"--resume={run_dir}"],
+            tmp_path.parent / f"{tmp_path.name}_resume.txt").ok()
+    assert r.run_dir == run_dir
+    assert sorted((x["solver"], x["slice"]) for x in _rows(run_dir)) == sorted(
+        (s, n) for s in BATCH_SOLVERS for n in names)
+    for s in BATCH_SOLVERS:
+        assert _file_state(_slice_dir(run_dir, s, names[0])) == before[s]
+        assert f"skip {s} / {names[0]}" in r.output
+        for sl in names[1:]:
+            assert all((_slice_dir(run_dir, s, sl) / f).is_file() for f in SLICE_FILES)
+            if s != "dds":
+                ex = _extra(run_dir, s, sl)
+                assert ex["batch_size"] == 2 and ex["batch_slices"] == names[1:]
+    assert "udigdip: 2 slices in one batched solve" in r.output
+    assert json.loads((run_dir / "summary.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def bad_batch_runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bad_batch")
+    cases = {"zero": "--batch_size=0", "negative": "--batch_size=-1", "config": "--config.batch_size=0"}
+    out = {k: (Run([f"--workdir={tmp / k}", *TINY, "--deg=SV-CT", "--solver=dds", a], tmp / f"{k}.txt"),
+               tmp / k) for k, a in cases.items()}
+    yield out
+    for run, _ in out.values():
+        if run.proc.poll() is None:
+            run.proc.kill()
+            run.wait()
+
+
+@pytest.mark.parametrize("case", ["zero", "negative", "config"])
+def test_bad_batch_size_clear_error(bad_batch_runs, case):
+    run, workdir = bad_batch_runs[case]
+    run.wait()
+    assert run.rc != 0
+    assert "batch_size" in run.output and ">= 1" in run.output, run.output[-2000:]
+    assert "Traceback" not in run.output, run.output[-3000:]
+    assert not workdir.exists() or not any(workdir.iterdir())
