@@ -3,7 +3,7 @@
 PY := .venv/bin/python
 VENV_STAMP := .venv/.installed
 
-.PHONY: venv demo test test-slow bench data priors clean-venv
+.PHONY: venv demo test test-slow bench bench-gpu data priors clean-venv
 
 $(VENV_STAMP): requirements.txt
 	python3 -m venv .venv
@@ -23,6 +23,11 @@ test-slow: $(VENV_STAMP)
 
 bench: $(VENV_STAMP)
 	$(PY) bench_ct.py
+	$(PY) bench.py --device=cpu
+
+# On a CUDA machine (uses that machine's python3 + torch): CUDA tests, paper-size phases, demo solves
+bench-gpu:
+	bash bench_gpu.sh
 
 # Needs Debian packages (apt-get): invesalius-examples mricron-data insighttoolkit5-examples
 data: $(VENV_STAMP)

@@ -26,7 +26,7 @@ Each phase is timed in two variants in the same run, and their ratio is reported
 FLOPs of one DIP step and one prior call come from ``torch.utils.flop_counter.FlopCounterMode``
 (convolutions / matmuls / attention only — FFTs, CT sparse products and element-wise ops are not
 counted); achieved FLOP/s = FLOPs / time, MFU = achieved / ``--peak_tflops`` (default 989 =
-H100 SXM bf16 dense when the CUDA device is an H100, else unset → MFU omitted).  Peak memory:
+H100/H200 SXM bf16 dense when the CUDA device is one, else unset → MFU omitted).  Peak memory:
 ``torch.cuda.max_memory_allocated`` per phase on CUDA; on CPU the process high-water mark
 ``ru_maxrss`` after the phase (monotone over the run, so an upper bound per phase).
 
@@ -53,22 +53,34 @@ import torch
 from absl import app, flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("device", "auto", "Comma list of devices: cpu, cuda, cuda:N; auto = cpu (+ cuda if present).")
-flags.DEFINE_integer("size", 64, "Image size H = W.")
-flags.DEFINE_string("solvers", "udigdip,aseqdip,dds", "Comma list of solvers whose phases are timed.")
-flags.DEFINE_integer("steps", 5, "Timed calls per phase (after --warmup), and the length of the short solve.")
-flags.DEFINE_integer("warmup", 1, "Untimed warm-up calls per phase.")
-flags.DEFINE_string("batch_sizes", "1,2,4,8", "Batch sizes B of the batched-throughput table.")
-flags.DEFINE_string("modalities", "MRI,CT", "Comma list: MRI, CT.")
-flags.DEFINE_string("out", "exp/bench.json", "Output JSON path.")
-flags.DEFINE_string("prior", "demo", "'demo' (demo_mri_64 / demo_ct_64), 'untrained', or 'MRI_NAME,CT_NAME' "
-                    "(configs/priors.py names or checkpoint paths).")
-flags.DEFINE_float("peak_tflops", None, "Peak TFLOP/s for MFU (default: 989 on an H100, else unset).")
-flags.DEFINE_boolean("compile", False, "torch.compile the networks in the optimised variant.")
-flags.DEFINE_boolean("bf16_cpu", False, "Use bf16 autocast in the optimised variant on CPU too.")
-flags.DEFINE_string("net_channels", "32,64,128,128", "DIPUNet widths (demo default).")
-flags.DEFINE_integer("threads", None, "torch.set_num_threads (default: torch's).")
-flags.DEFINE_integer("seed", 0, "Seed.")
+
+
+def define_flags() -> None:
+    """The command-line flags (defined only when run as a script, so that tests can import the
+    phase helpers next to other absl programs)."""
+    flags.DEFINE_string("device", "auto", "Comma list of devices: cpu, cuda, cuda:N; auto = cpu (+ cuda if present).")
+    flags.DEFINE_integer("size", 64, "Image size H = W.")
+    flags.DEFINE_string("solvers", "udigdip,aseqdip,dds", "Comma list of solvers whose phases are timed.")
+    flags.DEFINE_integer("steps", 5, "Timed calls per phase (after --warmup), and the length of the short solve.")
+    flags.DEFINE_integer("warmup", 1, "Untimed warm-up calls per phase.")
+    flags.DEFINE_string("batch_sizes", "1,2,4,8", "Batch sizes B of the batched-throughput table.")
+    flags.DEFINE_string("modalities", "MRI,CT", "Comma list: MRI, CT.")
+    flags.DEFINE_string("out", "exp/bench.json", "Output JSON path.")
+    flags.DEFINE_string("prior", "demo", "'demo' (demo_mri_64 / demo_ct_64), 'untrained', or 'MRI_NAME,CT_NAME' "
+                        "(configs/priors.py names or checkpoint paths).")
+    flags.DEFINE_float("peak_tflops", None, "Peak TFLOP/s for MFU (default: 989 on an H100/H200, else unset).")
+    flags.DEFINE_boolean("compile", False, "torch.compile the networks in the optimised variant (timing only: "
+                         "outputs are not checked; the batched nets refuse compile on CUDA, see solvers.batched).")
+    flags.DEFINE_boolean("bf16_cpu", False, "Use bf16 autocast in the optimised variant on CPU too.")
+    flags.DEFINE_string("net_channels", "32,64,128,128", "DIPUNet widths (demo default).")
+    flags.DEFINE_integer("threads", None, "torch.set_num_threads (default: torch's).")
+    flags.DEFINE_integer("seed", 0, "Seed.")
+    flags.DEFINE_string("dip_batch_sizes", "", "Batch sizes of the batched DIP-step table (B independent nets, "
+                        "one vmapped step; default: --batch_sizes).")
+    flags.DEFINE_boolean("skip_solve", False, "Skip the short-solve phase and the batched-solve table "
+                         "(only per-call phases and the batched DIP-step table).")
+    flags.DEFINE_boolean("prior_phases", True, "Time the prior phases (purify, dds_step).")
+
 
 H100_BF16_DENSE_TFLOPS = 989.0
 
@@ -94,7 +106,8 @@ def machine_info() -> dict:
 
 
 def default_peak_tflops(device: torch.device) -> Optional[float]:
-    if device.type == "cuda" and "H100" in torch.cuda.get_device_name(device):
+    # H100 and H200 SXM share the chip and its dense bf16 rate (datasheet 989 TFLOP/s)
+    if device.type == "cuda" and any(k in torch.cuda.get_device_name(device) for k in ("H100", "H200")):
         return H100_BF16_DENSE_TFLOPS
     return None
 
@@ -280,6 +293,35 @@ def dip_step_fns(A, y, device, net_cfg, bf16: bool, compile_: bool, lam: float =
     return unopt, opt
 
 
+def batched_dip_step_fn(A, y, device, net_cfg, B: int, bf16: bool, compile_: bool, lam: float = 1.0):
+    """One optimiser step of ``B`` independent DIP nets (``solvers.batched.BatchedDIPNets``,
+    one vmapped forward/backward, :class:`StackedAdam`) on slices ``y[:B]``; no host sync."""
+    from solvers.batched import BatchedDIPNets, StackedAdam, _sq_per_slice, stack_physics
+    from solvers.common import initial_input
+    from utils.complex import from_channels, to_channels
+
+    is_complex = bool(A.is_complex)
+    Ab = stack_physics([_slice_physics(A, b % y.shape[0]) for b in range(B)])
+    yb = torch.cat([y[b % y.shape[0]][None] for b in range(B)])
+    z = initial_input(yb, Ab, "input_image")
+    zc = to_channels(z)
+    nets = BatchedDIPNets(net_cfg, is_complex, list(range(B)), device=device, compile=compile_)
+    opt = StackedAdam(nets.parameters(), B, lr=1e-4)
+
+    def step():
+        opt.zero_grad()
+        ctx = torch.autocast(device_type=device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+        with ctx:
+            out = nets(zc)
+        x = from_channels(out.float(), is_complex)
+        loss = _sq_per_slice(Ab(x) - yb, "mean") + lam * _sq_per_slice(x - z, "mean")
+        loss.sum().backward()
+        opt.step()
+        return loss.detach()
+
+    return step
+
+
 def purify_fns(den_u, den_o, A, y, device):
     from solvers.common import initial_input
 
@@ -397,7 +439,7 @@ def run(argv_flags=None) -> dict:
             "products and element-wise ops not counted)",
             "CPU peak memory = process ru_maxrss high-water mark after the phase (monotone over the run)",
         ],
-        "priors": {}, "phases": [], "speedups": [], "batched": [], "errors": [],
+        "priors": {}, "phases": [], "speedups": [], "batched": [], "dip_batched": [], "errors": [],
     }
     for device in devices:
         peak = F.peak_tflops if F.peak_tflops is not None else default_peak_tflops(device)
@@ -407,7 +449,7 @@ def run(argv_flags=None) -> dict:
             A, y, _ = make_problem(mod, F.size, device, seed=F.seed, batch=max(bss))
             A1 = _slice_physics(A, 0)
             y1 = y[:1]
-            need_prior = any(n in ("udigdip", "dds") for n in names)
+            need_prior = any(n in ("udigdip", "dds") for n in names) and (F.prior_phases or not F.skip_solve)
             den_u = den_o = None
             if need_prior:
                 den_u, desc = load_bench_prior(mod, device, F.prior)
@@ -450,13 +492,39 @@ def run(argv_flags=None) -> dict:
                 fns = dip_step_fns(A1, y1, device, net_cfg, bf16, bool(F.compile))
                 flops = count_flops(fns[0])
                 record("udigdip/aseqdip", "dip_step", fns, flops)
-            if "udigdip" in names:
+            dip_bss = sorted({int(b) for b in (F.dip_batch_sizes or F.batch_sizes).split(",") if b.strip()})
+            if any(n in ("udigdip", "aseqdip") for n in names) and dip_bss:
+                one_flops = count_flops(dip_step_fns(A1, y1, device, net_cfg, False, False)[0])
+                base = None
+                for B in dip_bss:
+                    try:
+                        fn = batched_dip_step_fn(A, y, device, net_cfg, B, bf16, bool(F.compile))
+                        r = time_calls(fn, device, steps, max(1, warm), False)
+                    except Exception as e:
+                        result["errors"].append({"device": str(device), "modality": mod, "phase": f"dip_batched B={B}",
+                                                 "error": f"{type(e).__name__}: {e}",
+                                                 "trace": traceback.format_exc(limit=3)})
+                        continue
+                    per = r["seconds"] / B
+                    base = per if B == dip_bss[0] and B == 1 else base
+                    row = {"device": str(device), "modality": mod, "B": B, "bf16": bf16, "compile": bool(F.compile),
+                           "seconds_per_step": r["seconds"], "seconds_per_slice_step": per,
+                           "flops": one_flops * B, "tflops_per_s": one_flops * B / r["seconds"] / 1e12,
+                           "peak_mem_bytes": r["peak_mem_bytes"], "peak_mem_kind": r["peak_mem_kind"]}
+                    if base:
+                        row["throughput_vs_B1"] = base / per
+                    if peak:
+                        row["mfu"] = row["tflops_per_s"] / peak
+                    result["dip_batched"].append(row)
+            if "udigdip" in names and F.prior_phases:
                 fns = purify_fns(den_u, den_o, A1, y1, device)
                 x = A1.input_image(y1)
                 flops = count_flops(lambda: den_u.eps(x, 100))
                 record("udigdip", "purify", fns, flops)
-            if "dds" in names:
+            if "dds" in names and F.prior_phases:
                 record("dds", "dds_step", dds_step_fns(den_u, den_o, A1, y1, device))
+            if F.skip_solve:
+                continue
             for n in names:
                 u, o, div = solve_fns(n, den_u, den_o, A, y, device, steps, net_cfg, bf16, bool(F.compile), max(bss))
                 record(n, "solve", (u, o), per_slice_div=div)
@@ -509,6 +577,14 @@ def markdown(result: dict) -> str:
         for b in result["batched"]:
             lines.append(f"| {b['device']} | {b['modality']} | {b['solver']} | {b['B']} | {b['seconds_per_slice']:.3f} | "
                          f"{b['sequential_seconds_per_slice']:.3f} | {b['speedup_vs_sequential']:.2f}× |")
+    if result.get("dip_batched"):
+        lines += ["", "| device | modality | B | bf16 | ms / step | ms / slice-step | throughput vs B=1 | TFLOP/s | MFU |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for b in result["dip_batched"]:
+            thr = "–" if "throughput_vs_B1" not in b else f"{b['throughput_vs_B1']:.2f}×"
+            mfu = "–" if "mfu" not in b else f"{100 * b['mfu']:.1f}%"
+            lines.append(f"| {b['device']} | {b['modality']} | {b['B']} | {b['bf16']} | {1e3 * b['seconds_per_step']:.2f} | "
+                         f"{1e3 * b['seconds_per_slice_step']:.2f} | {thr} | {b['tflops_per_s']:.2f} | {mfu} |")
     if result["errors"]:
         lines += ["", f"{len(result['errors'])} phase(s) failed; see 'errors' in the JSON."]
     return "\n".join(lines)
@@ -528,4 +604,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
