@@ -63,6 +63,7 @@ class _EpsNet(nn.Module):
         self.c = nn.Conv2d(ch, ch, 3, padding=1).to(dtype)
         with torch.no_grad():
             self.c.weight.copy_(0.1 * torch.randn(self.c.weight.shape, generator=g, dtype=dtype))
+            self.c.bias.copy_(0.1 * torch.randn(self.c.bias.shape, generator=g, dtype=dtype))  # seeded too
 
     def forward(self, x, t):
         return self.c(x) * (1 + t.view(-1, 1, 1, 1).to(x.dtype) / 1000)
