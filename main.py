@@ -16,10 +16,11 @@ Ground truth reaches the solver only as ``x_gt`` for the metrics callback; the r
 is computed from ``y`` alone (tests check bit-identity with and without it).
 
 With ``--batch_size=B > 1`` (:func:`run_chunk`) each rank groups its slices into chunks of ``B``;
-uDiG-DIP and aSeqDIP reconstruct the unfinished slices of a chunk in ONE batched solve
-(``solvers.batched``: the operators stacked with ``stack_physics``, one DIP network and seed per
-slice, the same ``y`` and seed per slice as a one-at-a-time run, so the results agree up to float
-rounding), the other solvers still run one slice at a time.  Each slice is saved as in the
+uDiG-DIP, aSeqDIP, DDS and DPS (:data:`BATCHED_SOLVERS`) reconstruct the unfinished slices of a
+chunk in ONE batched solve (``solvers.batched.make_batched_solver``: the operators stacked with
+``stack_physics``, the same ``y`` and seed per slice as a one-at-a-time run — one DIP network per
+slice, or for DDS/DPS one noise stream per slice — so the results agree up to float rounding),
+the other solvers (DIP, SGDIP) still run one slice at a time.  Each slice is saved as in the
 one-slice path; its ``seconds`` are the batch's time / (slices in the batch), and ``result.json``
 records the batch under ``extra``.
 """
@@ -55,11 +56,14 @@ flags.DEFINE_string("workdir", None, "Root folder of run folders (overrides conf
 flags.DEFINE_string("name", None, "Run name (suffix of the run folder).")
 flags.DEFINE_string("resume", None, "Reopen this run folder and skip its finished slices.")
 flags.DEFINE_integer("max_slices", None, "Use at most this many slices per degradation.")
-flags.DEFINE_integer("batch_size", None, "Slices per batched solve of udigdip / aseqdip; the other "
-                     "solvers run one slice at a time (overrides config.batch_size; 1 = no batching).")
+flags.DEFINE_integer("batch_size", None, "Slices per batched solve of udigdip / aseqdip / dds / dps; "
+                     "the other solvers run one slice at a time (overrides config.batch_size; "
+                     "1 = no batching).")
 
 #: Solvers with a batched variant (``solvers.batched.make_batched_solver``).
-BATCHED_SOLVERS = ("udigdip", "aseqdip")
+BATCHED_SOLVERS = ("udigdip", "aseqdip", "dds", "dps")
+#: Batched solvers whose config takes ``perf`` (``config.perf``: bf16 / compile of the DIP nets).
+PERF_SOLVERS = ("udigdip", "aseqdip")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -117,11 +121,11 @@ def check_batch_size(cfg) -> int:
 
 
 def batched_solver_config(cfg, name: str, modality: str):
-    """The solver's config (:func:`solver_config_for`) plus ``perf`` = ``cfg.perf`` (bf16 / compile
-    switches of ``solvers.batched``)."""
+    """The solver's config (:func:`solver_config_for`) plus, for :data:`PERF_SOLVERS`, ``perf`` =
+    ``cfg.perf`` (bf16 / compile switches of ``solvers.batched``; DDS/DPS have no such field)."""
     c = solver_config_for(cfg, name, modality)
     perf = cfg.get("perf")
-    if perf is not None:
+    if perf is not None and name in PERF_SOLVERS:
         with c.unlocked():
             c.perf = perf.to_dict() if hasattr(perf, "to_dict") else dict(perf)
     return c
@@ -329,8 +333,10 @@ def solve_batch(cfg, jobs: list[SliceJob], name, denoiser, device, rd) -> None:
     seconds = time.perf_counter() - t0
     logging.info("%s: %d slices in one batched solve (%s) in %.2f s (%.2f s per slice)",
                  name, B, ", ".join(j.name for j in jobs), seconds, seconds / B)
-    batch = {"batch_size": B, "batch_slices": [j.name for j in jobs], "batch_seconds": seconds,
-             "perf": result.info.get("config", {}).get("perf")}
+    batch = {"batch_size": B, "batch_slices": [j.name for j in jobs], "batch_seconds": seconds}
+    perf = result.info.get("config", {}).get("perf")
+    if perf is not None:
+        batch["perf"] = perf
     for j, r, cb in zip(jobs, split_result(result), callbacks):
         rd.add_timing(f"{name}/{j.name}", seconds / B)
         _save(rd, name, j, r.x_hat, cb, seconds / B, r.history, extra=batch)

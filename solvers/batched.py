@@ -546,13 +546,29 @@ def split_result(result: Result) -> list[Result]:
 
 
 def make_batched_solver(name: str, cfg=None, denoiser=None, seeds: Sequence[int] = (0,), device=None):
-    """``"udigdip"`` → :class:`BatchedUDiGDIP`, ``"aseqdip"`` → :class:`BatchedSeqDIP` (registry
-    names/aliases of ``solvers.canonical``); other solvers have no batched variant (ValueError)."""
+    """The batched variant of solver ``name`` (registry names/aliases of ``solvers.canonical``) for
+    one slice per seed in ``seeds``; slice ``b`` reproduces the single solver with ``seed=seeds[b]``
+    (up to float rounding):
+
+    * ``"udigdip"`` → :class:`BatchedUDiGDIP`, ``"aseqdip"`` → :class:`BatchedSeqDIP` (``cfg`` may
+      hold ``perf``);
+    * ``"dds"`` / ``"dps"`` → :class:`solvers.dds.DDS` / :class:`solvers.dps.DPS` with ``seeds``
+      (each slice its own noise stream; their config has no ``perf`` field).
+
+    Every one takes ``y [B,...]``, a batched operator (:func:`stack_physics`) and either one
+    callback or ``B`` per-slice callbacks, and returns ``info["slices"]`` (:func:`split_result`).
+    Other solvers have no batched variant (ValueError)."""
     import solvers
 
     key = solvers.canonical(name)
+    seeds = [int(s) for s in seeds]
     if key == "udigdip":
         return BatchedUDiGDIP(cfg, denoiser, seeds=seeds, device=device)
     if key == "aseqdip":
         return BatchedSeqDIP(cfg, seeds=seeds, device=device)
-    raise ValueError(f"no batched variant of solver {name!r}; batched: udigdip, aseqdip")
+    if key in ("dds", "dps"):
+        if not seeds:
+            raise ValueError("seeds must hold one seed per slice")
+        return solvers.solver_class(key)(cfg, denoiser=denoiser, seed=seeds[0], device=device,
+                                         seeds=seeds)
+    raise ValueError(f"no batched variant of solver {name!r}; batched: udigdip, aseqdip, dds, dps")

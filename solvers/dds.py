@@ -33,6 +33,18 @@ Noise: ``x_T ~ N(0, I)`` and every ``z ~ N(0, I)`` come from a ``torch.Generator
 real and imaginary parts are independent ``N(0, 1)`` — DDS draws noise on the 2-channel
 (real, imag) network representation — i.e. ``E|z|² = 2`` per complex pixel.
 
+Batches: ``y`` may hold ``B`` slices. Without ``seeds`` the whole batch draws from the ONE
+generator (slice ``b``'s noise then depends on its batch mates). With ``seeds=[s_0, …, s_{B−1}]``
+(``DDS(cfg, denoiser, seeds=…)``, as ``solvers.batched.make_batched_solver("dds", …)`` builds it)
+slice ``b`` draws ``x_T`` and every ``z`` from its own generator seeded ``s_b``, in the order of a
+single run, so slice ``b`` of the batch equals ``DDS(cfg, denoiser, seed=s_b)`` on ``y[b:b+1]`` up
+to float rounding (the prior is called once per step on the whole batch; its batched kernels may
+sum in another order). Everything else is per slice already: Tweedie and the DDIM update are
+elementwise, the operator acts slice-wise, and :func:`solvers.cg.conjugate_gradient` takes every
+inner product per batch element; its tolerance early exit (``cg_tol > 0``) fires only when every
+element is frozen, and a frozen element's iterate never changes again, so a batch mate that needs
+more iterations does not change a slice's CG result (``tests/test_dm_baselines.py`` checks this).
+
 Shapes: images ``[B, H, W]`` complex (MRI) or real (CT); ``y`` as produced by ``physics.forward``.
 ``x_gt`` is handed only to ``callback`` (via :func:`solvers.base.notify`) and never used otherwise.
 
@@ -40,12 +52,18 @@ Logging: every ``log_every`` steps and at the last step, ``history`` gets ``step
 ``t``, ``residual`` = batch mean of ``‖A x̂₀' − y‖/‖y‖`` (after CG) and ``residual_tweedie`` = the
 same for ``x̂₀`` (before CG); ``callback(step, x̂₀', info)`` is called with these values. These use
 ``y`` only and cost two extra ``A`` applications per logged step (one host sync).
+``callback`` may also be a sequence of ``B`` callables (one per slice, ``None`` entries skipped):
+callable ``b`` gets ``(step, x̂₀'[b:b+1], info)`` with slice ``b``'s own residuals and
+``info["x_gt"] = x_gt[b:b+1]``, exactly as a single run of that slice calls its callback.
 Output: :class:`solvers.base.Result` with ``x_hat`` = final ``x̂₀'`` ``[B,H,W]`` and ``info``
-(``nfe``, ``timesteps``, ``seed``, ``config``).
+(``nfe``, ``timesteps``, ``seed``, ``config``, and ``slices``: one single-run-style ``Result`` per
+slice, ``x_hat [1,H,W]`` and a history with that slice's residuals, for
+``solvers.batched.split_result``). With ``seeds``, ``info["seeds"]`` lists them, each slice's
+``info["seed"]`` is its own, and ``history["per_slice"]`` holds the per-slice histories.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import ml_collections
 import torch
@@ -56,7 +74,7 @@ from solvers.base import Callback, Result, check_measurements, notify
 from solvers.cg import batch_dot, conjugate_gradient
 from solvers.common import resolve_config
 
-__all__ = ["DDS", "default_config", "dds_timesteps"]
+__all__ = ["DDS", "default_config", "dds_timesteps", "NoiseStreams"]
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -132,6 +150,87 @@ def _setup(y: torch.Tensor, physics, denoiser, device):
     return y, dtype, (y.shape[0], int(H), int(W)), device, phys_complex
 
 
+class NoiseStreams:
+    """The sampler's N(0, I) draws: one generator seeded ``seed`` for the whole batch (``seeds``
+    ``None``), or one generator per slice seeded ``seeds[b]``, slice ``b``'s draws taken from its
+    own generator in the order (and with the shapes) of a single-slice run."""
+
+    def __init__(self, seed: int, seeds: Optional[Sequence[int]], device):
+        if seeds is None:
+            self.gens = None
+            self.gen = torch.Generator(device=device)
+            self.gen.manual_seed(int(seed))
+        else:
+            self.gens = []
+            for s in seeds:
+                g = torch.Generator(device=device)
+                g.manual_seed(int(s))
+                self.gens.append(g)
+
+    def draw(self, shape, dtype: torch.dtype, device) -> torch.Tensor:
+        """N(0, I) of ``shape`` ``[B, ...]`` (complex → independent real/imag parts)."""
+        if self.gens is None:
+            return _noise(shape, dtype, device, self.gen)
+        if shape[0] != len(self.gens):
+            raise ValueError(f"batch of {shape[0]} slices but {len(self.gens)} seeds")
+        one = (1,) + tuple(shape[1:])
+        return torch.cat([_noise(one, dtype, device, g) for g in self.gens])
+
+    def like(self, x: torch.Tensor) -> torch.Tensor:
+        return self.draw(x.shape, x.dtype, x.device)
+
+
+def check_seeds(seeds: Optional[Sequence[int]]) -> Optional[list[int]]:
+    """``seeds`` as a non-empty list of ints (``None`` stays ``None``)."""
+    if seeds is None:
+        return None
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise ValueError("seeds must hold one seed per slice (got an empty list)")
+    return seeds
+
+
+def per_slice_callbacks(callback, B: int) -> Optional[list]:
+    """The per-slice callback list (``callback`` a list/tuple of ``B``), else ``None``."""
+    if not isinstance(callback, (list, tuple)):
+        return None
+    if len(callback) != B:
+        raise ValueError(f"got {len(callback)} callbacks for {B} slices")
+    return list(callback)
+
+
+def slice_results(x: torch.Tensor, histories: list[dict], info: dict,
+                  seeds: Optional[list[int]]) -> list[Result]:
+    """One single-run-style :class:`Result` per slice (``x_hat`` ``[1,H,W]``)."""
+    base = {k: v for k, v in info.items() if k not in ("seeds", "slices")}
+    return [Result(x_hat=x[b:b + 1], history=histories[b],
+                   info={**base, "seed": seeds[b] if seeds is not None else info["seed"]})
+            for b in range(x.shape[0])]
+
+
+def notify_slices(callback, cbs: Optional[list], k: int, x: torch.Tensor, info: dict, per_info,
+                  x_gt: Optional[torch.Tensor]) -> None:
+    """Report step ``k``: the one ``callback`` with the whole batch and ``info`` (batch means), or,
+    with per-slice callbacks ``cbs``, callback ``b`` with slice ``b`` and ``per_info(b)``."""
+    if cbs is None:
+        notify(callback, k, x, info, x_gt)
+        return
+    for b, cb in enumerate(cbs):
+        notify(cb, k, x[b:b + 1].clone(), per_info(b), None if x_gt is None else x_gt[b:b + 1])
+
+
+def sampler_result(method: str, x: torch.Tensor, history: dict, histories: list[dict], pairs, cfg,
+                   seed: int, seeds: Optional[list[int]]) -> Result:
+    """The :class:`Result` of a DDS/DPS call, with per-slice results in ``info["slices"]``."""
+    info = {"method": method, "nfe": len(pairs), "seed": seed,
+            "timesteps": [p[0] for p in pairs], "config": cfg.to_dict()}
+    if seeds is not None:
+        info["seeds"] = list(seeds)
+        history["per_slice"] = histories
+    info["slices"] = slice_results(x, histories, info, seeds)
+    return Result(x_hat=x, history=history, info=info)
+
+
 def relative_residual(physics, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """‖A x − y‖ / ‖y‖ per batch element (``[B]`` real)."""
     r = physics.forward(x) - y
@@ -139,14 +238,17 @@ def relative_residual(physics, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor
 
 
 class DDS:
-    """Decomposed Diffusion Sampling. ``DDS(cfg, denoiser, seed=0, device=None)``.
+    """Decomposed Diffusion Sampling. ``DDS(cfg, denoiser, seed=0, device=None, seeds=None)``.
 
     ``denoiser`` follows ``models.denoiser.Denoiser``: ``eps(x_t, t)`` on ``[B,H,W]`` images,
     ``.schedule`` (``models.diffusion.DiffusionSchedule``), ``.is_complex``. ``cfg`` is a ConfigDict / dict overriding
     :func:`default_config` (missing keys take the defaults; unknown keys → ``ValueError``).
+    ``seeds``: optional, one seed per slice of ``y``; slice ``b`` then reproduces a single run
+    with ``seed=seeds[b]`` (see the module docstring; ``seed`` is then unused).
     """
 
-    def __init__(self, cfg=None, denoiser=None, seed: int = 0, device=None):
+    def __init__(self, cfg=None, denoiser=None, seed: int = 0, device=None,
+                 seeds: Optional[Sequence[int]] = None):
         base = resolve_config(default_config(), cfg)
         if base.dc_mode not in ("proximal", "krylov"):
             raise ValueError(f"dc_mode must be 'proximal' or 'krylov', got {base.dc_mode!r}")
@@ -159,6 +261,7 @@ class DDS:
         self.cfg = base
         self.denoiser = denoiser
         self.seed = int(seed)
+        self.seeds = check_seeds(seeds)
         self.device = device
 
     # ------------------------------------------------------------------ data consistency
@@ -184,19 +287,24 @@ class DDS:
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()
     def __call__(self, y: torch.Tensor, physics, x_gt: Optional[torch.Tensor] = None,
-                 callback: Optional[Callback] = None) -> Result:
+                 callback: Optional[Callback | Sequence[Optional[Callback]]] = None) -> Result:
         cfg = self.cfg
         y, dtype, shape, device, is_complex = _setup(y, physics, self.denoiser, self.device)
+        B = shape[0]
+        if self.seeds is not None and len(self.seeds) != B:
+            raise ValueError(f"y has batch {B} but {len(self.seeds)} seeds were given (one per slice)")
+        cbs = per_slice_callbacks(callback, B)
         sched = _schedule(self.denoiser)
         pairs = dds_timesteps(sched.num_steps, int(cfg.nfe))
-        gen = torch.Generator(device=device)
-        gen.manual_seed(self.seed)
+        noise = NoiseStreams(self.seed, self.seeds, device)
 
         ATy = physics.adjoint(y)
-        x = _noise(shape, dtype, device, gen)  # x_T ~ N(0, I)
+        x = noise.draw(shape, dtype, device)  # x_T ~ N(0, I)
         eta = float(cfg.eta)
         log_every = max(1, int(cfg.log_every))
-        history: dict[str, list] = {"step": [], "t": [], "residual": [], "residual_tweedie": []}
+        keys = ("step", "t", "residual", "residual_tweedie")
+        history: dict[str, list] = {k: [] for k in keys}
+        histories: list[dict] = [{k: [] for k in keys} for _ in range(B)]
         x0_dc = x
         for k, (t, t_next) in enumerate(tqdm(pairs, disable=not cfg.progress, desc="DDS",
                                              leave=False)):
@@ -206,21 +314,22 @@ class DDS:
             if t_next >= 0:
                 if cfg.eps_source == "dc":
                     eps = sched.eps_from_x0(x, x0_dc, t)
-                # √ᾱ' x̂₀' + η√(1−ᾱ') z + √(1−ᾱ')√(1−η²) ε̂
-                x = sched.ddim_step(x, x0_dc, eps, t, t_next, eta=eta, generator=gen,
-                                    variant="dds")
+                # √ᾱ' x̂₀' + η√(1−ᾱ') z + √(1−ᾱ')√(1−η²) ε̂   (z: per slice with seeds)
+                z = noise.like(x0_dc) if eta > 0 else None
+                x = sched.ddim_step(x, x0_dc, eps, t, t_next, eta=eta, noise=z, variant="dds")
             else:
                 x = x0_dc
             last = k == len(pairs) - 1
             if (k + 1) % log_every == 0 or last:
-                res = relative_residual(physics, x0_dc, y).mean().item()
-                res0 = relative_residual(physics, x0, y).mean().item()
-                history["step"].append(k)
-                history["t"].append(t)
-                history["residual"].append(res)
-                history["residual_tweedie"].append(res0)
-                notify(callback, k, x0_dc, {"phase": "dds", "t": t, "residual": res,
-                                            "residual_tweedie": res0}, x_gt)
-        return Result(x_hat=x, history=history,
-                      info={"method": "DDS", "nfe": len(pairs), "seed": self.seed,
-                            "timesteps": [p[0] for p in pairs], "config": cfg.to_dict()})
+                r, r0 = relative_residual(physics, x0_dc, y), relative_residual(physics, x0, y)
+                vals = torch.cat([r.mean().reshape(1), r0.mean().reshape(1), r, r0]).tolist()
+                res, res0, per, per0 = vals[0], vals[1], vals[2:2 + B], vals[2 + B:]
+                for h, row in [(history, (k, t, res, res0))] + [
+                        (histories[b], (k, t, per[b], per0[b])) for b in range(B)]:
+                    for key, v in zip(keys, row):
+                        h[key].append(v)
+                notify_slices(callback, cbs, k, x0_dc,
+                              {"phase": "dds", "t": t, "residual": res, "residual_tweedie": res0},
+                              lambda b: {"phase": "dds", "t": t, "residual": per[b],
+                                         "residual_tweedie": per0[b]}, x_gt)
+        return sampler_result("DDS", x, history, histories, pairs, cfg, self.seed, self.seeds)

@@ -27,23 +27,34 @@ Noise (``x_T`` and ``z``) comes from a ``torch.Generator`` seeded with ``seed`` 
 each call; complex images get independent ``N(0,1)`` real/imag parts (2-channel network
 representation). ``x_gt`` only reaches ``callback``.
 
+Batches: as :class:`solvers.dds.DDS`. Without ``seeds`` the batch shares one generator; with
+``seeds=[s_0, …, s_{B−1}]`` slice ``b`` draws ``x_T`` and every ``z`` from its own generator seeded
+``s_b`` in a single run's order, so it equals ``DPS(cfg, denoiser, seed=s_b)`` on ``y[b:b+1]`` up to
+float rounding (one prior call and one backward pass on the whole batch; the guidance
+differentiates ``Σ_b ‖y_b − A x̂₀_b‖``, whose gradient w.r.t. slice ``b`` is slice ``b``'s own).
+
 Logging: every ``log_every`` steps and at the last step, ``history`` gets ``step``, ``t`` and
 ``residual`` = batch mean of ``‖y − A x̂₀(x_t)‖/‖y‖`` (the quantity the guidance differentiates);
-``callback(step, x̂₀, info)`` (the final step passes the returned sample). Output
-:class:`solvers.base.Result` with ``x_hat`` = the final sample ``[B,H,W]``.
+``callback(step, x̂₀, info)`` (the final step passes the returned sample). ``callback`` may be
+a sequence of ``B`` callables, each called per slice as in a single run (``x [1,H,W]``, the slice's
+own ``residual`` and ``x_gt[b:b+1]``). Output :class:`solvers.base.Result` with ``x_hat`` = the
+final sample ``[B,H,W]``, ``info["slices"]`` = per-slice single-run-style Results (with the
+per-slice residuals; ``solvers.batched.split_result``) and, with ``seeds``, ``info["seeds"]`` and
+``history["per_slice"]``.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import ml_collections
 import torch
 from tqdm.auto import tqdm
 
-from solvers.base import Callback, Result, notify
+from solvers.base import Callback, Result
 from solvers.cg import batch_dot
 from solvers.common import resolve_config
-from solvers.dds import _noise, _schedule, _setup, dds_timesteps
+from solvers.dds import (NoiseStreams, _schedule, _setup, check_seeds, dds_timesteps, notify_slices,
+                         per_slice_callbacks, sampler_result)
 
 __all__ = ["DPS", "default_config"]
 
@@ -66,14 +77,16 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 class DPS:
-    """Diffusion Posterior Sampling. ``DPS(cfg, denoiser, seed=0, device=None)``.
+    """Diffusion Posterior Sampling. ``DPS(cfg, denoiser, seed=0, device=None, seeds=None)``.
 
     ``denoiser`` follows ``models.denoiser.Denoiser`` (``eps(x_t, t)`` differentiable w.r.t.
     ``x_t``, ``.schedule.alphas_cumprod``, ``.is_complex``); ``cfg`` overrides
-    :func:`default_config` (unknown keys → ``ValueError``).
+    :func:`default_config` (unknown keys → ``ValueError``). ``seeds``: optional, one per slice of
+    ``y``; slice ``b`` then reproduces a single run with ``seed=seeds[b]``.
     """
 
-    def __init__(self, cfg=None, denoiser=None, seed: int = 0, device=None):
+    def __init__(self, cfg=None, denoiser=None, seed: int = 0, device=None,
+                 seeds: Optional[Sequence[int]] = None):
         base = resolve_config(default_config(), cfg)
         if not 0.0 <= base.eta <= 1.0:
             raise ValueError(f"eta must be in [0, 1], got {base.eta}")
@@ -84,22 +97,27 @@ class DPS:
         self.cfg = base
         self.denoiser = denoiser
         self.seed = int(seed)
+        self.seeds = check_seeds(seeds)
         self.device = device
 
     def __call__(self, y: torch.Tensor, physics, x_gt: Optional[torch.Tensor] = None,
-                 callback: Optional[Callback] = None) -> Result:
+                 callback: Optional[Callback | Sequence[Optional[Callback]]] = None) -> Result:
         cfg = self.cfg
         y, dtype, shape, device, is_complex = _setup(y, physics, self.denoiser, self.device)
+        B = shape[0]
+        if self.seeds is not None and len(self.seeds) != B:
+            raise ValueError(f"y has batch {B} but {len(self.seeds)} seeds were given (one per slice)")
+        cbs = per_slice_callbacks(callback, B)
         sched = _schedule(self.denoiser)
         pairs = dds_timesteps(sched.num_steps, int(cfg.num_steps))
-        gen = torch.Generator(device=device)
-        gen.manual_seed(self.seed)
+        noise = NoiseStreams(self.seed, self.seeds, device)
 
-        x = _noise(shape, dtype, device, gen)
+        x = noise.draw(shape, dtype, device)
         eta, zeta = float(cfg.eta), float(cfg.zeta)
         log_every = max(1, int(cfg.log_every))
         ynorm = torch.sqrt(batch_dot(y, y)).clamp_min(torch.finfo(torch.float32).tiny)
         history: dict[str, list] = {"step": [], "t": [], "residual": []}
+        histories: list[dict] = [{"step": [], "t": [], "residual": []} for _ in range(B)]
         for k, (t, t_next) in enumerate(tqdm(pairs, disable=not cfg.progress, desc="DPS",
                                              leave=False)):
             x_in = x.detach().requires_grad_(zeta > 0)
@@ -114,7 +132,8 @@ class DPS:
             eps, x0, norms = eps.detach(), x0.detach(), norms.detach()
             if t_next >= 0:
                 # √ᾱ' x̂₀ + √(1−ᾱ'−σ²) ε̂ + σ z  (σ: Song et al.'s η-parameterisation)
-                x_new = sched.ddim_step(x.detach(), x0, eps, t, t_next, eta=eta, generator=gen,
+                z = noise.like(x0) if eta > 0 else None
+                x_new = sched.ddim_step(x.detach(), x0, eps, t, t_next, eta=eta, noise=z,
                                         variant="ddim")
             else:
                 x_new = x0
@@ -123,12 +142,14 @@ class DPS:
             x = x_new.detach()
             last = k == len(pairs) - 1
             if (k + 1) % log_every == 0 or last:
-                res = (norms / ynorm).mean().item()
-                history["step"].append(k)
-                history["t"].append(t)
-                history["residual"].append(res)
-                notify(callback, k, x0 if not last else x,
-                       {"phase": "dps", "t": t, "residual": res}, x_gt)
-        return Result(x_hat=x, history=history,
-                      info={"method": "DPS", "nfe": len(pairs), "seed": self.seed,
-                            "timesteps": [p[0] for p in pairs], "config": cfg.to_dict()})
+                rel = norms / ynorm
+                vals = torch.cat([rel.mean().reshape(1), rel]).tolist()
+                res, per = vals[0], vals[1:]
+                for h, v in [(history, res)] + [(histories[b], per[b]) for b in range(B)]:
+                    h["step"].append(k)
+                    h["t"].append(t)
+                    h["residual"].append(v)
+                xs = x0 if not last else x
+                notify_slices(callback, cbs, k, xs, {"phase": "dps", "t": t, "residual": res},
+                              lambda b: {"phase": "dps", "t": t, "residual": per[b]}, x_gt)
+        return sampler_result("DPS", x, history, histories, pairs, cfg, self.seed, self.seeds)

@@ -353,3 +353,143 @@ def test_dds_with_real_adm_and_multicoil_mri():
     assert torch.isfinite(torch.view_as_real(r.x_hat)).all()
     h = r.history
     assert all(a < b for a, b in zip(h["residual"], h["residual_tweedie"])), h
+
+
+# ----------------------------------------------------------------------------- batches with seeds
+class ConvDenoiser(GaussianDenoiser):
+    """Gaussian MMSE ε plus a small fixed random 2-layer convolution (mixes neighbouring pixels,
+    differentiable, follows the input's dtype): a stand-in prior called on the whole batch."""
+
+    def __init__(self, is_complex, seed=0):
+        super().__init__(is_complex)
+        g = torch.Generator().manual_seed(seed)
+        c = 2 if is_complex else 1
+        self.w1 = 0.3 * torch.randn(4, c, 3, 3, generator=g, dtype=torch.float64)
+        self.w2 = 0.3 * torch.randn(c, 4, 3, 3, generator=g, dtype=torch.float64)
+
+    def eps(self, x_t, t):
+        h = torch.view_as_real(x_t).permute(0, 3, 1, 2) if self.is_complex else x_t[:, None]
+        h = torch.nn.functional.conv2d(h, self.w1.to(h.dtype), padding=1)
+        h = torch.nn.functional.conv2d(torch.tanh(h + t / 1000.0), self.w2.to(h.dtype), padding=1)
+        h = (torch.view_as_complex(h.permute(0, 2, 3, 1).contiguous()) if self.is_complex
+             else h[:, 0])
+        return super().eps(x_t, t) + 0.02 * h
+
+
+def _batch_problem(cplx, B=3):
+    """``B`` different slices: per-slice masks (MRI) or one shared matrix (CT), float64."""
+    if cplx:
+        x = _complex_image(B=B, seed=7).to(torch.complex128)
+        masks = torch.stack([_mask(seed=10 + b) for b in range(B)]).double()
+        op = MaskedFFT(masks)
+        op.image_shape = (H, W)
+        singles = [MaskedFFT(masks[b]) for b in range(B)]
+    else:
+        x = torch.rand(B, H, W, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+        op = _matrix_op()
+        op.A = op.A.double()
+        singles = [op] * B
+    return x, op(x), op, singles
+
+
+def _rel(a, b):
+    return ((a - b).abs().norm() / b.abs().norm()).item()
+
+
+@pytest.mark.parametrize("cplx", [True, False])
+@pytest.mark.parametrize("name", ["dds", "dps"])
+def test_seeded_batch_equals_single_runs(name, cplx):
+    """Slice b of a batch with seeds [5, 6, 7] = a single run with seed 5 / 6 / 7 (float64, the
+    prior called on the whole batch); per-slice callbacks and Results match the single runs'."""
+    from solvers.batched import make_batched_solver, split_result
+
+    x, y, op, singles = _batch_problem(cplx)
+    den = ConvDenoiser(cplx)
+    cfg = (_quiet(nfe=3, log_every=1, cg_tol=1e-4 if not cplx else 0.0) if name == "dds"
+           else _quiet(num_steps=3, log_every=2, zeta=0.5))
+    cls = DDS if name == "dds" else DPS
+    seeds = [5, 6, 7]
+    seen = [[] for _ in seeds]
+    cbs = [lambda k, xk, info, b=b: seen[b].append((k, xk, info)) for b in range(3)]
+    solver = make_batched_solver(name, cfg, den, seeds=seeds)
+    assert isinstance(solver, cls) and solver.seeds == seeds
+    res = solver(y, op, x_gt=x, callback=cbs)
+    parts = split_result(res)
+    assert len(parts) == 3 and res.info["seeds"] == seeds
+    for b, s in enumerate(seeds):
+        one_seen = []
+        one = cls(cfg, den, seed=s)(y[b:b + 1], singles[b], x_gt=x[b:b + 1],
+                                    callback=lambda k, xk, info: one_seen.append((k, xk, info)))
+        assert _rel(res.x_hat[b:b + 1], one.x_hat) < 1e-10, (b, _rel(res.x_hat[b:b + 1], one.x_hat))
+        assert _rel(parts[b].x_hat, one.x_hat) < 1e-10 and parts[b].x_hat.shape == (1, H, W)
+        assert parts[b].info["seed"] == s
+        h1, hb = one.history, parts[b].history
+        assert sorted(h1) == sorted(hb) and h1["step"] == hb["step"] and h1["t"] == hb["t"]
+        for key in h1:
+            assert hb[key] == pytest.approx(h1[key], rel=1e-10), key
+        assert res.history["per_slice"][b] is hb
+        # the per-slice callback: the single run's calls, with this slice's x, residual and x_gt
+        assert [k for k, _, _ in seen[b]] == [k for k, _, _ in one_seen] and one_seen
+        for (_, xb, ib), (_, x1, i1) in zip(seen[b], one_seen):
+            assert xb.shape == (1, H, W) and _rel(xb, x1) < 1e-10
+            assert sorted(ib) == sorted(i1) and ib["residual"] == pytest.approx(i1["residual"], rel=1e-10)
+            assert torch.equal(ib["x_gt"], x[b:b + 1])
+    # the batch-mean history is still there, and the per-slice residuals differ between slices
+    assert res.history["residual"][-1] == pytest.approx(
+        sum(p.history["residual"][-1] for p in parts) / 3, rel=1e-12)
+    # without seeds the slices share one stream: slice 1 is not the seed-6 single run
+    shared = cls(cfg, den, seed=5)(y, op)
+    assert torch.equal(shared.x_hat[0:1], cls(cfg, den, seed=5)(y, op).x_hat[0:1])
+    assert _rel(shared.x_hat[1:2], res.x_hat[1:2]) > 1e-3
+
+
+def test_seeded_float32_batch_matches_single_runs():
+    x, y, op, singles = _batch_problem(True)
+    y, x = y.to(torch.complex64), x.to(torch.complex64)
+    op.mask = op.mask.float()
+    den = ConvDenoiser(True)
+    res = DDS(_quiet(nfe=3), den, seeds=[5, 6, 7])(y, op)
+    assert res.x_hat.dtype == torch.complex64
+    for b, s in enumerate([5, 6, 7]):
+        single = MaskedFFT(singles[b].mask.float())
+        one = DDS(_quiet(nfe=3), den, seed=s)(y[b:b + 1], single)
+        assert _rel(res.x_hat[b:b + 1], one.x_hat) < 1e-5
+
+
+def test_seeds_and_callbacks_must_match_batch():
+    x, y, op, _ = _batch_problem(True)
+    den = GaussianDenoiser(True)
+    with pytest.raises(ValueError, match="seeds"):
+        DDS(_quiet(nfe=2), den, seeds=[1, 2])(y, op)
+    with pytest.raises(ValueError, match="seeds"):
+        DPS(_quiet(num_steps=2), den, seeds=[])
+    with pytest.raises(ValueError, match="callbacks"):
+        DPS(_quiet(num_steps=2), den, seeds=[1, 2, 3])(y, op, callback=[None, None])
+    # one callable for the whole batch: batch x and the batch-mean residual, as before
+    seen = []
+    r = DDS(_quiet(nfe=2, log_every=1), den, seeds=[1, 2, 3])(
+        y, op, callback=lambda k, xk, info: seen.append((xk.shape, info["residual"])))
+    assert [s for s, _ in seen] == [(3, H, W)] * 2
+    assert [v for _, v in seen] == r.history["residual"]
+
+
+def test_cg_batch_equals_single_runs_with_tolerance():
+    """CG is per batch element: with an early-stopping tolerance, a batch mate that needs more
+    iterations does not change an element's result (frozen elements never move)."""
+    op, gamma = _matrix_op(), 5.0
+    op.A = op.A.double()
+    g = torch.Generator().manual_seed(8)
+    b = torch.randn(3, H, W, generator=g, dtype=torch.float64)
+    scale = torch.tensor([1.0, 30.0, 0.1], dtype=torch.float64).reshape(3, 1, 1)
+
+    def apply(v):   # a different HPD operator per element → different convergence speeds
+        return v + gamma * scale[: v.shape[0]] * op.normal(v)
+
+    x0 = 0.1 * torch.randn(3, H, W, generator=g, dtype=torch.float64)
+    xb = conjugate_gradient(apply, b, x0, num_iters=60, tol=1e-6, check_every=2)
+    for i in range(3):
+        def apply_i(v, i=i):
+            return v + gamma * scale[i:i + 1] * op.normal(v)
+        xi = conjugate_gradient(apply_i, b[i:i + 1], x0[i:i + 1], num_iters=60, tol=1e-6,
+                                check_every=2)
+        assert _rel(xb[i:i + 1], xi) < 1e-12, (i, _rel(xb[i:i + 1], xi))
