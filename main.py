@@ -16,11 +16,11 @@ Ground truth reaches the solver only as ``x_gt`` for the metrics callback; the r
 is computed from ``y`` alone (tests check bit-identity with and without it).
 
 With ``--batch_size=B > 1`` (:func:`run_chunk`) each rank groups its slices into chunks of ``B``;
-uDiG-DIP, aSeqDIP, DDS and DPS (:data:`BATCHED_SOLVERS`) reconstruct the unfinished slices of a
+uDiG-DIP, aSeqDIP, DIP, DDS and DPS (:data:`BATCHED_SOLVERS`) reconstruct the unfinished slices of a
 chunk in ONE batched solve (``solvers.batched.make_batched_solver``: the operators stacked with
 ``stack_physics``, the same ``y`` and seed per slice as a one-at-a-time run — one DIP network per
 slice, or for DDS/DPS one noise stream per slice — so the results agree up to float rounding),
-the other solvers (DIP, SGDIP) still run one slice at a time.  Each slice is saved as in the
+the other solver (SGDIP) still runs one slice at a time.  Each slice is saved as in the
 one-slice path; its ``seconds`` are the batch's time / (slices in the batch), and ``result.json``
 records the batch under ``extra``.
 """
@@ -56,14 +56,14 @@ flags.DEFINE_string("workdir", None, "Root folder of run folders (overrides conf
 flags.DEFINE_string("name", None, "Run name (suffix of the run folder).")
 flags.DEFINE_string("resume", None, "Reopen this run folder and skip its finished slices.")
 flags.DEFINE_integer("max_slices", None, "Use at most this many slices per degradation.")
-flags.DEFINE_integer("batch_size", None, "Slices per batched solve of udigdip / aseqdip / dds / dps; "
+flags.DEFINE_integer("batch_size", None, "Slices per batched solve of udigdip / aseqdip / dip / dds / dps; "
                      "the other solvers run one slice at a time (overrides config.batch_size; "
                      "1 = no batching).")
 
 #: Solvers with a batched variant (``solvers.batched.make_batched_solver``).
-BATCHED_SOLVERS = ("udigdip", "aseqdip", "dds", "dps")
+BATCHED_SOLVERS = ("udigdip", "aseqdip", "dip", "dds", "dps")
 #: Batched solvers whose config takes ``perf`` (``config.perf``: bf16 / compile of the DIP nets).
-PERF_SOLVERS = ("udigdip", "aseqdip")
+PERF_SOLVERS = ("udigdip", "aseqdip", "dip")
 
 
 def resolve_device(name: str) -> torch.device:

@@ -1,4 +1,4 @@
-"""Batched uDiG-DIP / aSeqDIP: ``B`` slices reconstructed together by ``B`` independent DIP networks.
+"""Batched uDiG-DIP / aSeqDIP / vanilla DIP: ``B`` slices reconstructed together by ``B`` independent DIP networks.
 
 Each slice ``b`` has its own U-Net ``f_{θ_b}`` initialised with ``build_dip_net(seed_b)`` (exactly
 the weights of a one-at-a-time :class:`solvers.udig_dip.UDiGDIP` run with ``seed=seed_b``), its
@@ -36,7 +36,8 @@ Usage::
     res = BatchedUDiGDIP(cfg, denoiser, seeds=[s_0, ..., s_{B-1}])(y [B,...], physics)
     for b, r in enumerate(split_result(res)): ...         # per-slice Results like UDiGDIP's
 
-``BatchedSeqDIP`` is the purification-free variant (aSeqDIP).  The network's parameter dtype
+``BatchedSeqDIP`` is the purification-free variant (aSeqDIP); ``BatchedVanillaDIP`` runs vanilla
+DIP (noise input, λ = 0, one outer iteration) through the same loop.  The network's parameter dtype
 follows the measurements (float64 for complex128 / float64 data, else float32).  Optional
 ``cfg.perf`` fields: ``bf16`` (autocast the DIP network to bfloat16 on CUDA, or on CPU when
 ``bf16_cpu``), ``compile`` (``torch.compile`` the vmapped network; CPU only — refused with a
@@ -60,7 +61,7 @@ from solvers.common import deterministic_mode, initial_input, make_generator, pr
 from solvers.udig_dip import UDiGDIP, default_config as _udig_default_config, scaled_purify
 from utils.complex import from_channels, to_channels
 
-__all__ = ["BatchedDIPNets", "StackedAdam", "BatchedUDiGDIP", "BatchedSeqDIP", "split_result",
+__all__ = ["BatchedDIPNets", "StackedAdam", "BatchedUDiGDIP", "BatchedSeqDIP", "BatchedVanillaDIP", "split_result",
            "stack_physics", "batched_purify"]
 
 
@@ -372,7 +373,7 @@ class BatchedUDiGDIP(UDiGDIP):
         return bool(p.bf16) and (device.type == "cuda" or bool(p.bf16_cpu))
 
     def _forward(self, nets: BatchedDIPNets, z: torch.Tensor, is_complex: bool, bf16: bool) -> torch.Tensor:
-        zc = to_channels(z)
+        zc = to_channels(z) if z.ndim == 3 else z      # image [B,H,W] or channel-packed [B,C,H,W]
         if bf16:
             with torch.autocast(device_type=zc.device.type, dtype=torch.bfloat16):
                 out = nets(zc)
@@ -386,6 +387,22 @@ class BatchedUDiGDIP(UDiGDIP):
         t_k = self.next_t(k, history)
         return scaled_purify(lambda v: batched_purify(self.denoiser, v, t_k, gens, num_steps=int(c.reverse_steps),
                                                       eta=float(c.eta)), x, bool(c.purify_normalize))
+
+    # ------------------------------------------------------ hooks (overridden by BatchedVanillaDIP)
+    def _initial_z(self, y: torch.Tensor, physics: nn.Module, gens) -> torch.Tensor:
+        """The network input ``z₀`` ``[B,H,W]`` (config ``z0``)."""
+        return initial_input(y, physics, self.cfg.z0)
+
+    def _in_channels(self) -> Optional[int]:
+        return None
+
+    def _step_input(self, z: torch.Tensor, gens) -> torch.Tensor:
+        """The input of one optimiser step (``z`` itself; vanilla DIP may perturb it)."""
+        return z
+
+    def _update_z(self, x: torch.Tensor, z: torch.Tensor, k: int, gens, common: dict) -> torch.Tensor:
+        """(2) the input update after outer iteration ``k``: purification or ``z ← f_θ(z)``."""
+        return self._purify_batch(x, k, gens, common) if self.purifies(k) else x
 
     # -------------------------------------------------------------------------------- solver
     def __call__(self, y: torch.Tensor, physics: nn.Module, x_gt: Optional[torch.Tensor] = None,
@@ -408,12 +425,12 @@ class BatchedUDiGDIP(UDiGDIP):
         nan_counts = [0] * B
 
         with deterministic_mode(c.deterministic), progress_bar(K * N, self.name, c.disable_progress) as pbar:
-            z = initial_input(y, physics, c.z0)
+            gens = [make_generator(s + 1, device) for s in self.seeds]
+            z = self._initial_z(y, physics, gens)
             nets = BatchedDIPNets(c.net, is_complex, self.seeds, device=device, dtype=dtype,
-                                  compile=bool(c.perf.compile))
+                                  in_channels=self._in_channels(), compile=bool(c.perf.compile))
             opt = StackedAdam(nets.parameters(), B, lr=float(c.lr), betas=tuple(c.betas),
                               weight_decay=float(c.weight_decay))
-            gens = [make_generator(s + 1, device) for s in self.seeds]
             fwd = lambda zz: self._forward(nets, zz, is_complex, bf16)  # noqa: E731
 
             def on_nan(bad: list[bool], step: int, snap: dict) -> None:
@@ -436,7 +453,7 @@ class BatchedUDiGDIP(UDiGDIP):
                         step = k * N + i
                         check = step % log_every == 0 or (log_last and i == N)
                         opt.zero_grad()
-                        x = fwd(z)
+                        x = fwd(self._step_input(z, gens))
                         bad_x = None
                         try:
                             r = physics(x) - y
@@ -486,7 +503,7 @@ class BatchedUDiGDIP(UDiGDIP):
                             on_nan((~fin).tolist(), k * N + N, snap)
                             x = fwd(z).detach()
                     # (2) input update
-                    z = self._purify_batch(x, k, gens, common) if self.purifies(k) else x
+                    z = self._update_z(x, z, k, gens, common)
             if c.output == "f_of_z":
                 with torch.no_grad():
                     x = fwd(z).detach()
@@ -540,6 +557,84 @@ class BatchedSeqDIP(BatchedUDiGDIP):
         return False
 
 
+def dip_default_config():
+    """Vanilla DIP's config (``solvers.dip.default_config``) plus ``perf``."""
+    from solvers.dip import default_config as dip_default
+
+    cfg = dip_default()
+    cfg.perf = _perf_defaults()
+    return cfg
+
+
+class BatchedVanillaDIP(BatchedSeqDIP):
+    """Batched vanilla DIP: ``BatchedVanillaDIP(cfg, seeds=...)(y, physics)``; slice ``b`` reproduces
+    ``VanillaDIP(cfg, seed=seeds[b])`` (float rounding aside).
+
+    The shared batched loop runs with one outer iteration of ``num_steps`` Adam steps, λ = 0, and
+    the network input is the fixed noise ``z_b ~ U(0, input_scale)`` (or N(0, input_scale²)),
+    ``[input_channels, H, W]`` per slice, drawn from slice ``b``'s generator (seed ``seeds[b] + 1``)
+    as a single run draws it; with ``input_noise_std > 0`` the per-step perturbation is drawn per
+    slice from the same generator, in the single run's order.  ``cfg`` is vanilla DIP's config
+    (:func:`dip_default_config`); results report it.
+    """
+
+    name = "dip_batched"
+    default_config = staticmethod(dip_default_config)
+
+    def __init__(self, cfg: Any = None, denoiser: Any = None, seeds: Sequence[int] = (0,),
+                 device: Optional[torch.device | str] = None):
+        from solvers.common import resolve_config
+        from solvers.dip import INPUT_KINDS
+
+        dip = resolve_config(dip_default_config(), cfg)
+        if dip.input_kind not in INPUT_KINDS:
+            raise ValueError(f"unknown input_kind {dip.input_kind!r}; choose one of {INPUT_KINDS}")
+        if int(dip.num_steps) < 1:
+            raise ValueError("num_steps must be >= 1")
+        loop = seqdip_default_config()
+        shared = ("lr", "betas", "weight_decay", "reduction", "log_every", "max_nan_events", "deterministic",
+                  "disable_progress", "net", "perf")
+        loop.update({k: dip[k] for k in shared})
+        loop.update(num_outer=1, inner_steps=int(dip.num_steps), lam=0.0, output="f_of_z")
+        # the loop runs on the aSeqDIP-shaped config (DIPSolverBase would resolve against DIP's)
+        seeds = [int(s) for s in seeds]
+        if not seeds:
+            raise ValueError("seeds must hold one seed per slice")
+        self.cfg, self.denoiser, self.seed, self.seeds = loop, None, seeds[0], seeds
+        self.device = None if device is None else torch.device(device)
+        self._validate()
+        self.dip_cfg = dip
+
+    def _in_channels(self) -> Optional[int]:
+        return int(self.dip_cfg.input_channels)
+
+    def _initial_z(self, y: torch.Tensor, physics: nn.Module, gens) -> torch.Tensor:
+        c = self.dip_cfg
+        H, W = physics.image_shape
+        shape = (1, int(c.input_channels), int(H), int(W))
+        draw = torch.rand if c.input_kind == "uniform" else torch.randn
+        z = torch.cat([draw(shape, generator=g, device=g.device) for g in gens]) * float(c.input_scale)
+        # drawn in float32 as a single run does; float64 data run float64 networks
+        return z.to(torch.float64) if y.dtype in (torch.complex128, torch.float64) else z
+
+    def _step_input(self, z: torch.Tensor, gens) -> torch.Tensor:
+        sigma = float(self.dip_cfg.input_noise_std)
+        if sigma <= 0:
+            return z
+        return z + sigma * torch.cat([torch.randn(z.shape[1:], generator=g, device=g.device)[None] for g in gens])
+
+    def _update_z(self, x: torch.Tensor, z: torch.Tensor, k: int, gens, common: dict) -> torch.Tensor:
+        return z                                   # the input stays the fixed noise
+
+    def __call__(self, y, physics, x_gt=None, callback=None) -> Result:
+        res = super().__call__(y, physics, x_gt=x_gt, callback=callback)
+        cfg = self.dip_cfg.to_dict()
+        for r in [res] + list(res.info["slices"]):
+            r.info["config"] = cfg
+            r.info.pop("t_schedule", None)
+        return res
+
+
 def split_result(result: Result) -> list[Result]:
     """Per-slice :class:`Result` s (``x_hat [1,H,W]``, single-run-style ``history``/``info``)."""
     return list(result.info["slices"])
@@ -550,8 +645,8 @@ def make_batched_solver(name: str, cfg=None, denoiser=None, seeds: Sequence[int]
     one slice per seed in ``seeds``; slice ``b`` reproduces the single solver with ``seed=seeds[b]``
     (up to float rounding):
 
-    * ``"udigdip"`` → :class:`BatchedUDiGDIP`, ``"aseqdip"`` → :class:`BatchedSeqDIP` (``cfg`` may
-      hold ``perf``);
+    * ``"udigdip"`` → :class:`BatchedUDiGDIP`, ``"aseqdip"`` → :class:`BatchedSeqDIP`, ``"dip"`` →
+      :class:`BatchedVanillaDIP` (``cfg`` may hold ``perf``);
     * ``"dds"`` / ``"dps"`` → :class:`solvers.dds.DDS` / :class:`solvers.dps.DPS` with ``seeds``
       (each slice its own noise stream; their config has no ``perf`` field).
 
@@ -566,9 +661,11 @@ def make_batched_solver(name: str, cfg=None, denoiser=None, seeds: Sequence[int]
         return BatchedUDiGDIP(cfg, denoiser, seeds=seeds, device=device)
     if key == "aseqdip":
         return BatchedSeqDIP(cfg, seeds=seeds, device=device)
+    if key == "dip":
+        return BatchedVanillaDIP(cfg, seeds=seeds, device=device)
     if key in ("dds", "dps"):
         if not seeds:
             raise ValueError("seeds must hold one seed per slice")
         return solvers.solver_class(key)(cfg, denoiser=denoiser, seed=seeds[0], device=device,
                                          seeds=seeds)
-    raise ValueError(f"no batched variant of solver {name!r}; batched: udigdip, aseqdip, dds, dps")
+    raise ValueError(f"no batched variant of solver {name!r}; batched: udigdip, aseqdip, dip, dds, dps")

@@ -534,17 +534,17 @@ def test_torchrun_two_ranks_match_one_process(tmp_path):
 #: Short uDiG-DIP / aSeqDIP runs on MRI: the demo config's ``modality_overrides.MRI`` (1000 DIP
 #: steps) would win over TINY's ``solver_cfg`` values, so they are overridden there (3×2 steps).
 BATCH_TINY = [
-    *TINY, "--deg=MRI-multi", "--solver=udigdip,aseqdip,dds", "--max_slices=3", "--seed=0",
-    "--config.solver_cfg.aseqdip.net.channels=(8,8,8,8)",
-    "--config.solver_cfg.aseqdip.log_every=1",
-    "--config.solver_cfg.aseqdip.disable_progress=True",
+    *TINY, "--deg=MRI-multi", "--solver=udigdip,aseqdip,dip,dds", "--max_slices=3", "--seed=0",
+    *(f"--config.solver_cfg.{n}.{k}={v}" for n in ("aseqdip", "dip")
+      for k, v in (("net.channels", "(8,8,8,8)"), ("log_every", 1), ("disable_progress", True))),
+    "--config.modality_overrides.MRI.dip.num_steps=6",
     "--config.modality_overrides.MRI.udigdip.num_outer=3",
     "--config.modality_overrides.MRI.udigdip.inner_steps=2",
     "--config.modality_overrides.MRI.udigdip.purify_stop=3",
     "--config.modality_overrides.MRI.aseqdip.num_outer=3",
     "--config.modality_overrides.MRI.aseqdip.inner_steps=2",
 ]
-BATCH_SOLVERS = ("udigdip", "aseqdip", "dds")
+BATCH_SOLVERS = ("udigdip", "aseqdip", "dip", "dds")
 
 
 @pytest.fixture(scope="module")

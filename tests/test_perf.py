@@ -401,3 +401,31 @@ def test_bench_end_to_end_tiny(tmp_path):
     assert d["dip_batched"][1]["flops"] == 2 * d["dip_batched"][0]["flops"] > 0
     assert all(s["ratio"] > 0 for s in d["speedups"])
     assert "| dip_step |" in p.stdout
+
+
+@pytest.mark.parametrize("noise_std", [0.0, 0.05])
+def test_batched_vanilla_dip_matches_single_runs(noise_std):
+    """Slice b of BatchedVanillaDIP = VanillaDIP(seed_b): same noise input (and per-step input
+    perturbation), same network init; float32, so to a loose tolerance after 12 Adam steps and
+    closely at the first logged loss."""
+    from solvers.batched import BatchedVanillaDIP, make_batched_solver
+    from solvers.dip import VanillaDIP
+
+    ops, ys = _problem(torch.float32)
+    cfg = {"net": {"channels": (4, 8, 8)}, "lr": 3e-3, "log_every": 3, "disable_progress": True,
+           "num_steps": 12, "input_channels": 3, "input_noise_std": noise_std}
+    seeds = [4, 9]
+    singles = [VanillaDIP(cfg, seed=s)(ys[b], ops[b]) for b, s in enumerate(seeds)]
+    solver = make_batched_solver("dip", cfg, seeds=seeds)
+    assert isinstance(solver, BatchedVanillaDIP)
+    res = solver(torch.cat(ys), stack_physics(ops))
+    for b, (r, s) in enumerate(zip(split_result(res), singles)):
+        assert r.history["step"] == s.history["step"] == [3, 6, 9, 12]
+        assert r.history["loss"][0] == pytest.approx(s.history["loss"][0], rel=1e-5)
+        np.testing.assert_allclose(r.history["loss"], s.history["loss"], rtol=1e-2)
+        assert float((r.x_hat - s.x_hat).norm() / s.x_hat.norm()) < 2e-3, b
+        assert r.info["seed"] == seeds[b] and r.info["config"]["num_steps"] == 12
+        assert r.history["reg_loss"] == [0.0] * 4
+    assert float((res.x_hat[0] - res.x_hat[1]).abs().max()) > 1e-3
+    with pytest.raises(ValueError, match="input_kind"):
+        BatchedVanillaDIP({"input_kind": "bogus"}, seeds=[0])
