@@ -580,15 +580,15 @@ class BatchedVanillaDIP(BatchedSeqDIP):
 
     name = "dip_batched"
     default_config = staticmethod(dip_default_config)
+    _config_template = staticmethod(seqdip_default_config)   # the loop's config (built in __init__)
 
     def __init__(self, cfg: Any = None, denoiser: Any = None, seeds: Sequence[int] = (0,),
                  device: Optional[torch.device | str] = None):
         from solvers.common import resolve_config
-        from solvers.dip import INPUT_KINDS
+        from solvers.dip import validate_config
 
         dip = resolve_config(dip_default_config(), cfg)
-        if dip.input_kind not in INPUT_KINDS:
-            raise ValueError(f"unknown input_kind {dip.input_kind!r}; choose one of {INPUT_KINDS}")
+        validate_config(dip)
         if int(dip.num_steps) < 1:
             raise ValueError("num_steps must be >= 1")
         loop = seqdip_default_config()
@@ -596,13 +596,7 @@ class BatchedVanillaDIP(BatchedSeqDIP):
                   "disable_progress", "net", "perf")
         loop.update({k: dip[k] for k in shared})
         loop.update(num_outer=1, inner_steps=int(dip.num_steps), lam=0.0, output="f_of_z")
-        # the loop runs on the aSeqDIP-shaped config (DIPSolverBase would resolve against DIP's)
-        seeds = [int(s) for s in seeds]
-        if not seeds:
-            raise ValueError("seeds must hold one seed per slice")
-        self.cfg, self.denoiser, self.seed, self.seeds = loop, None, seeds[0], seeds
-        self.device = None if device is None else torch.device(device)
-        self._validate()
+        super().__init__(loop, seeds=seeds, device=device)
         self.dip_cfg = dip
 
     def _in_channels(self) -> Optional[int]:

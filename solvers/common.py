@@ -310,9 +310,15 @@ class DIPSolverBase:
 
     name = "dip-base"
 
+    @classmethod
+    def _config_template(cls):
+        """The config ``cfg`` is resolved against (``default_config()``; a subclass whose public
+        config differs from the one its loop runs on overrides this)."""
+        return cls.default_config()
+
     def __init__(self, cfg: Any = None, denoiser: Any = None, seed: int = 0,
                  device: Optional[torch.device | str] = None):
-        self.cfg = resolve_config(type(self).default_config(), cfg)
+        self.cfg = resolve_config(type(self)._config_template(), cfg)
         self.denoiser, self.seed = denoiser, int(seed)
         self.device = None if device is None else torch.device(device)
         self._validate()

@@ -190,8 +190,11 @@ def check_seeds(seeds: Optional[Sequence[int]]) -> Optional[list[int]]:
     return seeds
 
 
-def per_slice_callbacks(callback, B: int) -> Optional[list]:
-    """The per-slice callback list (``callback`` a list/tuple of ``B``), else ``None``."""
+def per_slice_callbacks(callback, B: int, seeds: Optional[list[int]] = None) -> Optional[list]:
+    """The per-slice callback list (``callback`` a list/tuple of ``B``), else ``None``; also checks
+    that ``seeds`` (if given) holds one seed per slice."""
+    if seeds is not None and len(seeds) != B:
+        raise ValueError(f"y has batch {B} but {len(seeds)} seeds were given (one per slice)")
     if not isinstance(callback, (list, tuple)):
         return None
     if len(callback) != B:
@@ -291,9 +294,7 @@ class DDS:
         cfg = self.cfg
         y, dtype, shape, device, is_complex = _setup(y, physics, self.denoiser, self.device)
         B = shape[0]
-        if self.seeds is not None and len(self.seeds) != B:
-            raise ValueError(f"y has batch {B} but {len(self.seeds)} seeds were given (one per slice)")
-        cbs = per_slice_callbacks(callback, B)
+        cbs = per_slice_callbacks(callback, B, self.seeds)
         sched = _schedule(self.denoiser)
         pairs = dds_timesteps(sched.num_steps, int(cfg.nfe))
         noise = NoiseStreams(self.seed, self.seeds, device)

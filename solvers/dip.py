@@ -37,6 +37,12 @@ def default_config():
     return ml_collections.ConfigDict(cfg)
 
 
+def validate_config(cfg) -> None:
+    """Raise ``ValueError`` for an invalid vanilla-DIP config."""
+    if cfg.input_kind not in INPUT_KINDS:
+        raise ValueError(f"unknown input_kind {cfg.input_kind!r}; choose one of {INPUT_KINDS}")
+
+
 class VanillaDIP(DIPSolverBase):
     """``VanillaDIP(cfg, seed=seed)(y, physics, x_gt=None, callback=None) -> Result``."""
 
@@ -44,8 +50,7 @@ class VanillaDIP(DIPSolverBase):
     default_config = staticmethod(default_config)
 
     def _validate(self) -> None:
-        if self.cfg.input_kind not in INPUT_KINDS:
-            raise ValueError(f"unknown input_kind {self.cfg.input_kind!r}; choose one of {INPUT_KINDS}")
+        validate_config(self.cfg)
 
     def __call__(self, y: torch.Tensor, physics: torch.nn.Module, x_gt: Optional[torch.Tensor] = None,
                  callback: Optional[Callback] = None) -> Result:

@@ -105,9 +105,7 @@ class DPS:
         cfg = self.cfg
         y, dtype, shape, device, is_complex = _setup(y, physics, self.denoiser, self.device)
         B = shape[0]
-        if self.seeds is not None and len(self.seeds) != B:
-            raise ValueError(f"y has batch {B} but {len(self.seeds)} seeds were given (one per slice)")
-        cbs = per_slice_callbacks(callback, B)
+        cbs = per_slice_callbacks(callback, B, self.seeds)
         sched = _schedule(self.denoiser)
         pairs = dds_timesteps(sched.num_steps, int(cfg.num_steps))
         noise = NoiseStreams(self.seed, self.seeds, device)
