@@ -80,6 +80,16 @@ def define_flags() -> None:
     flags.DEFINE_boolean("skip_solve", False, "Skip the short-solve phase and the batched-solve table "
                          "(only per-call phases and the batched DIP-step table).")
     flags.DEFINE_boolean("prior_phases", True, "Time the prior phases (purify, dds_step).")
+    flags.DEFINE_boolean("compile_check", False, "Only compare torch.compile'd DIP nets with eager ones "
+                         "(outputs / gradients, several cases and backends; see compile_check) on the last "
+                         "--device, write --out and exit.")
+    flags.DEFINE_boolean("cudnn_benchmark", False, "torch.backends.cudnn.benchmark = True (autotuned "
+                         "convolution algorithms; the solvers run with cudnn.deterministic and no benchmark).")
+    flags.DEFINE_integer("profile_batch", 0, "Batched DIP-step table: profile the eager step at this B "
+                         "(torch.profiler, top ops by device time; 0 = off).")
+    flags.DEFINE_boolean("cuda_graph", False, "Batched DIP-step table: also time each B with the step replayed "
+                         "from a CUDA graph (perf.cuda_graph; CUDA only). Throughput is relative to B=1 of the "
+                         "same variant.")
 
 
 H100_BF16_DENSE_TFLOPS = 989.0
@@ -293,10 +303,12 @@ def dip_step_fns(A, y, device, net_cfg, bf16: bool, compile_: bool, lam: float =
     return unopt, opt
 
 
-def batched_dip_step_fn(A, y, device, net_cfg, B: int, bf16: bool, compile_: bool, lam: float = 1.0):
-    """One optimiser step of ``B`` independent DIP nets (``solvers.batched.BatchedDIPNets``,
-    one vmapped forward/backward, :class:`StackedAdam`) on slices ``y[:B]``; no host sync."""
-    from solvers.batched import BatchedDIPNets, StackedAdam, _sq_per_slice, stack_physics
+def batched_dip_step_fn(A, y, device, net_cfg, B: int, bf16: bool, compile_: bool, lam: float = 1.0,
+                        graph: bool = False):
+    """One optimiser step of ``B`` independent DIP nets on slices ``y[:B]`` — the solvers' own
+    step (``solvers.batched.BatchedDIPStep``: one vmapped forward/backward, :class:`StackedAdam`),
+    replayed from a CUDA graph when ``graph``; no host sync.  Returns the per-slice losses."""
+    from solvers.batched import BatchedDIPNets, BatchedDIPStep, StackedAdam, stack_physics
     from solvers.common import initial_input
     from utils.complex import from_channels, to_channels
 
@@ -304,22 +316,39 @@ def batched_dip_step_fn(A, y, device, net_cfg, B: int, bf16: bool, compile_: boo
     Ab = stack_physics([_slice_physics(A, b % y.shape[0]) for b in range(B)])
     yb = torch.cat([y[b % y.shape[0]][None] for b in range(B)])
     z = initial_input(yb, Ab, "input_image")
-    zc = to_channels(z)
     nets = BatchedDIPNets(net_cfg, is_complex, list(range(B)), device=device, compile=compile_)
-    opt = StackedAdam(nets.parameters(), B, lr=1e-4)
+    opt = StackedAdam(nets.parameters(), B, lr=1e-4, capturable=graph)
+
+    def fwd(zz):
+        if not bf16:
+            return from_channels(nets(to_channels(zz)), is_complex)
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=False):
+            out = nets(to_channels(zz))
+        return from_channels(out.float(), is_complex)
+
+    stepper = BatchedDIPStep(fwd, opt, Ab, yb, lam, "mean", graph=graph)
 
     def step():
-        opt.zero_grad()
-        ctx = torch.autocast(device_type=device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-        with ctx:
-            out = nets(zc)
-        x = from_channels(out.float(), is_complex)
-        loss = _sq_per_slice(Ab(x) - yb, "mean") + lam * _sq_per_slice(x - z, "mean")
-        loss.sum().backward()
-        opt.step()
-        return loss.detach()
+        return stepper(z, z)[1]
 
+    step.stepper = stepper
     return step
+
+
+def profile_ops(fn: Callable[[], Any], device: torch.device, calls: int = 3, top: int = 15) -> list[dict]:
+    """The ``top`` ops by total device (CUDA) or CPU self time over ``calls`` calls of ``fn``
+    (``torch.profiler``), to see where a step's time goes."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        for _ in range(calls):
+            fn()
+        sync(device)
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    evs = sorted(prof.key_averages(), key=lambda e: getattr(e, key, 0.0), reverse=True)[:top]
+    return [{"name": e.key[:120], "count": e.count, "self_us_per_call": getattr(e, key, 0.0) / calls,
+             "self_cpu_us_per_call": e.self_cpu_time_total / calls} for e in evs]
 
 
 def purify_fns(den_u, den_o, A, y, device):
@@ -415,6 +444,8 @@ def run(argv_flags=None) -> dict:
     if F.threads:
         torch.set_num_threads(int(F.threads))
     devices = resolve_devices(F.device)
+    if F.cudnn_benchmark:
+        torch.backends.cudnn.benchmark = True
     names = [s.strip() for s in F.solvers.split(",") if s.strip()]
     import solvers as solvers_pkg
 
@@ -430,7 +461,8 @@ def run(argv_flags=None) -> dict:
         "machine": machine_info(),
         "settings": {"devices": [str(d) for d in devices], "size": F.size, "solvers": names, "steps": steps,
                      "warmup": warm, "batch_sizes": bss, "modalities": mods, "net": {"channels": list(net_cfg["channels"])},
-                     "compile": bool(F.compile), "bf16_cpu": bool(F.bf16_cpu), "prior": F.prior},
+                     "compile": bool(F.compile), "bf16_cpu": bool(F.bf16_cpu), "prior": F.prior,
+                     "cudnn_benchmark": bool(F.cudnn_benchmark)},
         "notes": [
             "unopt = float32, default memory format, eager, .item() sync after every call/step; "
             "opt = bf16 autocast (CUDA, CPU only with --bf16_cpu), channels_last, --compile, fused Adam on CUDA, "
@@ -439,7 +471,8 @@ def run(argv_flags=None) -> dict:
             "products and element-wise ops not counted)",
             "CPU peak memory = process ru_maxrss high-water mark after the phase (monotone over the run)",
         ],
-        "priors": {}, "phases": [], "speedups": [], "batched": [], "dip_batched": [], "errors": [],
+        "priors": {}, "phases": [], "speedups": [], "batched": [], "dip_batched": [], "dip_profile": [],
+        "errors": [],
     }
     for device in devices:
         peak = F.peak_tflops if F.peak_tflops is not None else default_peak_tflops(device)
@@ -495,20 +528,28 @@ def run(argv_flags=None) -> dict:
             dip_bss = sorted({int(b) for b in (F.dip_batch_sizes or F.batch_sizes).split(",") if b.strip()})
             if any(n in ("udigdip", "aseqdip") for n in names) and dip_bss:
                 one_flops = count_flops(dip_step_fns(A1, y1, device, net_cfg, False, False)[0])
-                base = None
-                for B in dip_bss:
+                graphs = [False, True] if F.cuda_graph and device.type == "cuda" else [False]
+                for graph, B in ((g, b) for g in graphs for b in dip_bss):
+                    base = None if B == dip_bss[0] else base
                     try:
-                        fn = batched_dip_step_fn(A, y, device, net_cfg, B, bf16, bool(F.compile))
-                        r = time_calls(fn, device, steps, max(1, warm), False)
+                        fn = batched_dip_step_fn(A, y, device, net_cfg, B, bf16, bool(F.compile), graph=graph)
+                        # a graph is captured after 3 eager steps: warm up past it
+                        r = time_calls(fn, device, steps, max(1, warm) + (4 if graph else 0), False)
                     except Exception as e:
-                        result["errors"].append({"device": str(device), "modality": mod, "phase": f"dip_batched B={B}",
+                        result["errors"].append({"device": str(device), "modality": mod,
+                                                 "phase": f"dip_batched B={B} graph={graph}",
                                                  "error": f"{type(e).__name__}: {e}",
                                                  "trace": traceback.format_exc(limit=3)})
+                        continue
+                    if graph and fn.stepper.graph is None:
+                        result["errors"].append({"device": str(device), "modality": mod,
+                                                 "phase": f"dip_batched B={B} graph=True",
+                                                 "error": f"not captured: {fn.stepper.graph_error}"})
                         continue
                     per = r["seconds"] / B
                     base = per if B == dip_bss[0] and B == 1 else base
                     row = {"device": str(device), "modality": mod, "B": B, "bf16": bf16, "compile": bool(F.compile),
-                           "seconds_per_step": r["seconds"], "seconds_per_slice_step": per,
+                           "cuda_graph": graph, "seconds_per_step": r["seconds"], "seconds_per_slice_step": per,
                            "flops": one_flops * B, "tflops_per_s": one_flops * B / r["seconds"] / 1e12,
                            "peak_mem_bytes": r["peak_mem_bytes"], "peak_mem_kind": r["peak_mem_kind"]}
                     if base:
@@ -516,6 +557,9 @@ def run(argv_flags=None) -> dict:
                     if peak:
                         row["mfu"] = row["tflops_per_s"] / peak
                     result["dip_batched"].append(row)
+                    if B == F.profile_batch and not graph:
+                        result["dip_profile"].append({"device": str(device), "modality": mod, "B": B,
+                                                      "top_ops": profile_ops(fn, device)})
             if "udigdip" in names and F.prior_phases:
                 fns = purify_fns(den_u, den_o, A1, y1, device)
                 x = A1.input_image(y1)
@@ -578,21 +622,119 @@ def markdown(result: dict) -> str:
             lines.append(f"| {b['device']} | {b['modality']} | {b['solver']} | {b['B']} | {b['seconds_per_slice']:.3f} | "
                          f"{b['sequential_seconds_per_slice']:.3f} | {b['speedup_vs_sequential']:.2f}× |")
     if result.get("dip_batched"):
-        lines += ["", "| device | modality | B | bf16 | ms / step | ms / slice-step | throughput vs B=1 | TFLOP/s | MFU |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+        lines += ["", "| device | modality | B | bf16 | CUDA graph | ms / step | ms / slice-step | throughput vs B=1 "
+                  "| TFLOP/s | MFU |", "|---|---|---|---|---|---|---|---|---|---|"]
         for b in result["dip_batched"]:
             thr = "–" if "throughput_vs_B1" not in b else f"{b['throughput_vs_B1']:.2f}×"
             mfu = "–" if "mfu" not in b else f"{100 * b['mfu']:.1f}%"
-            lines.append(f"| {b['device']} | {b['modality']} | {b['B']} | {b['bf16']} | {1e3 * b['seconds_per_step']:.2f} | "
+            lines.append(f"| {b['device']} | {b['modality']} | {b['B']} | {b['bf16']} | {b.get('cuda_graph', False)} | "
+                         f"{1e3 * b['seconds_per_step']:.2f} | "
                          f"{1e3 * b['seconds_per_slice_step']:.2f} | {thr} | {b['tflops_per_s']:.2f} | {mfu} |")
     if result["errors"]:
         lines += ["", f"{len(result['errors'])} phase(s) failed; see 'errors' in the JSON."]
     return "\n".join(lines)
 
 
+def compile_check(device: torch.device, out: Path, size: int = 64, budget_s: float = 150.0) -> dict:
+    """Bisect why ``torch.compile`` of the DIP nets gives wrong images on CUDA (issue 6): eager vs
+    compiled outputs (and gradients) of the demo DIP U-Net, one case at a time, cheapest-to-explain
+    first; the JSON is rewritten after every case so a timeout keeps what finished.
+
+    Cases: ``vmap_fwd`` (BatchedDIPNets, B=2, the failing setting), ``plain_fwd`` (one nn.Module,
+    no vmap), ``vmap_fwd_norm_none`` (no BatchNorm), ``vmap_fwd_bwd`` (parameter gradients); backends
+    ``inductor`` and ``aot_eager`` (no code generation).  ``rel_err`` = ‖compiled − eager‖ / ‖eager‖.
+    """
+    import time
+
+    from models.dip_unet import build_dip_net
+    from solvers.batched import BatchedDIPNets
+
+    net = {"channels": (32, 64, 128, 128)}
+    g = torch.Generator().manual_seed(0)
+    x1 = torch.randn(1, 2, size, size, generator=g).to(device)
+    x2 = torch.randn(2, 2, size, size, generator=g).to(device)
+    rows: list = []
+    res = {"machine": machine_info(), "device": str(device), "size": size, "cases": rows}
+    t_start = time.perf_counter()
+
+    def rel(a, b):
+        a, b = a.detach().float(), b.detach().float()
+        return float((a - b).norm() / b.norm())
+
+    def vmap_case(norm):
+        nets = BatchedDIPNets({**net, "norm": norm}, True, [0, 1], device=device)
+        return nets, lambda fn: fn(nets.params, nets.buffers, x2)
+
+    def sgd_steps(fn, nets, n=5, lr=1e-3):
+        # plain SGD, in place like the solvers' optimiser (Adam would amplify the rounding
+        # differences of compiled kernels: on CPU 3e-6 → 5e-2 in 5 steps, vs 4e-6 with SGD)
+        ps = list(nets.params.values())
+        for _ in range(n):
+            grads = torch.autograd.grad(fn(nets.params, nets.buffers, x2).square().mean(), ps)
+            with torch.no_grad():
+                torch._foreach_add_(ps, grads, alpha=-lr)
+        with torch.no_grad():
+            return fn(nets.params, nets.buffers, x2)
+
+    cases = [("vmap_fwd", "inductor"), ("vmap_5_sgd_steps", "inductor"), ("plain_fwd", "inductor"),
+             ("vmap_fwd_bf16", "inductor"), ("vmap_fwd", "aot_eager"), ("vmap_fwd_norm_none", "inductor"),
+             ("vmap_fwd_bwd", "inductor")]
+    for case, backend in cases:
+        if time.perf_counter() - t_start > budget_s:
+            rows.append({"case": case, "backend": backend, "skipped": "budget"})
+            continue
+        torch._dynamo.reset()
+        row = {"case": case, "backend": backend}
+        t0 = time.perf_counter()
+        try:
+            if case == "plain_fwd":
+                m = build_dip_net(net, True, 0, device=device).train()
+                m2 = copy.deepcopy(m)
+                ref = m(x1)
+                got = torch.compile(m2, backend=backend)(x1)
+                row["rel_err"] = rel(got, ref)
+            elif case == "vmap_5_sgd_steps":
+                nets_a, _ = vmap_case("batch")
+                nets_b, _ = vmap_case("batch")
+                ref = sgd_steps(nets_a._fn, nets_a)
+                got = sgd_steps(torch.compile(nets_b._fn, backend=backend, dynamic=False), nets_b)
+                row["rel_err"] = rel(got, ref)
+            elif case == "vmap_fwd_bf16":
+                nets, call = vmap_case("batch")
+                with torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=False):
+                    ref = call(nets._fn)
+                    got = call(torch.compile(nets._fn, backend=backend, dynamic=False))
+                row["rel_err"] = rel(got, ref)
+            else:
+                norm = "none" if case.endswith("norm_none") else "batch"
+                nets, call = vmap_case(norm)
+                ref = call(nets._fn)
+                got = call(torch.compile(nets._fn, backend=backend, dynamic=False))
+                row["rel_err"] = rel(got, ref)
+                if case.endswith("bwd"):
+                    ps = list(nets.params.values())
+                    g_ref = torch.autograd.grad(ref.square().sum(), ps)
+                    g_got = torch.autograd.grad(got.square().sum(), ps)
+                    row["grad_rel_err_max"] = max(rel(a, b) for a, b in zip(g_got, g_ref))
+            sync(device)
+        except Exception as e:
+            row["error"] = f"{type(e).__name__}: {e}"[:500]
+        row["seconds"] = time.perf_counter() - t0
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(res, indent=2, default=str) + "\n")
+    return res
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if FLAGS.compile_check:
+        dev = resolve_devices(FLAGS.device)[-1]
+        compile_check(dev, Path(FLAGS.out), size=int(FLAGS.size))
+        print(f"wrote {FLAGS.out}")
+        return
     result = run()
     out = Path(FLAGS.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -131,6 +131,14 @@ def batched_solver_config(cfg, name: str, modality: str):
     return c
 
 
+def graph_path(cfg, name: str, device) -> bool:
+    """Whether solver ``name`` runs through its batched variant to replay its DIP steps from a CUDA
+    graph (``config.perf.cuda_graph``, "auto" = on CUDA), even for a single slice."""
+    from solvers.batched import graph_wanted
+
+    return name in PERF_SOLVERS and graph_wanted(cfg.get("perf"), torch.device(device))
+
+
 def make_batched(cfg, name: str, modality: str, denoiser, seeds, device):
     from solvers.batched import make_batched_solver
 
@@ -198,11 +206,12 @@ def check_solver_configs(cfg, names, denoiser, device, modality: str) -> None:
     ``--config.solver_cfg.*`` value fails before any run folder is written."""
     batched = cfg.get("batch_size", 1) > 1
     for name in names:
+        batched_here = (batched and name in BATCHED_SOLVERS) or graph_path(cfg, name, device)
         try:
             solvers.make_solver(name, solver_config_for(cfg, name, modality),
                                 denoiser if solvers.needs_prior(name) else None,
                                 seed=cfg.seed, device=device)
-            if batched and name in BATCHED_SOLVERS:
+            if batched_here:
                 make_batched(cfg, name, modality, denoiser, [cfg.seed], device)
         except (ValueError, KeyError, TypeError) as e:
             raise app.UsageError(f"invalid config of solver {name!r} "
@@ -211,11 +220,11 @@ def check_solver_configs(cfg, names, denoiser, device, modality: str) -> None:
 
 #: Config fields that may change when a run is resumed (they do not affect the results beyond
 #: float rounding: ``device`` and ``batch_size`` change the kernels, not the computation).
-RESUME_FREE_FIELDS = ("workdir", "run_name", "device", "data.max_slices", "batch_size")
+RESUME_FREE_FIELDS = ("workdir", "run_name", "device", "data.max_slices", "batch_size", "perf.cuda_graph")
 #: Fields added after run folders were first written: a saved config.json without them ran with
 #: these values (so such runs can still be resumed).
 ADDED_FIELD_DEFAULTS = {"batch_size": 1, "perf.bf16": False, "perf.bf16_cpu": False,
-                        "perf.compile": False}
+                        "perf.compile": False, "perf.cuda_graph": "off"}
 
 
 def _flatten(d, prefix=""):
@@ -331,12 +340,14 @@ def solve_batch(cfg, jobs: list[SliceJob], name, denoiser, device, rd) -> None:
     t0 = time.perf_counter()
     result = solver(y, physics, x_gt=x_ref, callback=callbacks)
     seconds = time.perf_counter() - t0
-    logging.info("%s: %d slices in one batched solve (%s) in %.2f s (%.2f s per slice)",
-                 name, B, ", ".join(j.name for j in jobs), seconds, seconds / B)
+    logging.info("%s: %d slice%s in one batched solve (%s) in %.2f s (%.2f s per slice)",
+                 name, B, "s" if B > 1 else "", ", ".join(j.name for j in jobs), seconds, seconds / B)
     batch = {"batch_size": B, "batch_slices": [j.name for j in jobs], "batch_seconds": seconds}
     perf = result.info.get("config", {}).get("perf")
     if perf is not None:
         batch["perf"] = perf
+    if "cuda_graph" in result.info:      # was the DIP step replayed from a CUDA graph (perf.cuda_graph)
+        batch["cuda_graph"] = {"used": bool(result.info["cuda_graph"]), "error": result.info.get("cuda_graph_error")}
     for j, r, cb in zip(jobs, split_result(result), callbacks):
         rd.add_timing(f"{name}/{j.name}", seconds / B)
         _save(rd, name, j, r.x_hat, cb, seconds / B, r.history, extra=batch)
@@ -356,7 +367,7 @@ def run_chunk(cfg, deg, chunk, names, denoiser, device, rd) -> None:
     jobs = {i: prepare_slice(cfg, deg, sample, device, cfg.seed + i) for i, sample in chunk if i in needed}
     for name in names:
         mine = [jobs[i] for i in todo[name]]
-        if name in BATCHED_SOLVERS and len(mine) > 1:
+        if name in BATCHED_SOLVERS and (len(mine) > 1 or graph_path(cfg, name, device)):
             solve_batch(cfg, mine, name, denoiser, device, rd)
         else:
             for job in mine:
@@ -384,9 +395,17 @@ def main(argv):
         logging.info("batch_size=%d: %s in batched solves%s", batch_size,
                      ", ".join(n for n in names if n in BATCHED_SOLVERS) or "no solver",
                      f"; {', '.join(unbatched)} one slice at a time (no batched variant)" if unbatched else "")
-    elif cfg.get("perf") is not None and any(bool(v) for v in cfg.perf.to_dict().values()):
-        logging.warning("config.perf (%s) applies to batched solves only (--batch_size > 1); ignored",
-                        cfg.perf.to_dict())
+    try:
+        graphs = [n for n in names if graph_path(cfg, n, device)]
+    except ValueError as e:      # a bad perf.cuda_graph value
+        raise app.UsageError(f"--config.perf.cuda_graph: {e}") from None
+    if graphs:
+        logging.info("CUDA graphs (config.perf.cuda_graph): %s run through the batched solver%s", ", ".join(graphs),
+                     " with one slice per solve" if batch_size == 1 else "")
+    elif batch_size == 1 and cfg.get("perf") is not None and any(
+            bool(v) for k, v in cfg.perf.to_dict().items() if k != "cuda_graph"):
+        logging.warning("config.perf (%s) applies to batched solves only (--batch_size > 1, or CUDA graphs "
+                        "on a CUDA device); ignored", cfg.perf.to_dict())
     if FLAGS.resume is not None:
         if not Path(FLAGS.resume).is_dir():
             raise app.UsageError(f"--resume={FLAGS.resume}: no such run folder")
@@ -418,7 +437,7 @@ def main(argv):
     for deg, samples, denoiser in plan:
         # each rank takes a round-robin share; the GLOBAL index keeps the seeds of a 1-process run
         mine = shard(list(enumerate(samples)), info.rank, info.world_size)
-        if batch_size == 1:
+        if batch_size == 1 and not graphs:
             for i, sample in tqdm(mine, desc=f"{deg} slices", dynamic_ncols=True, disable=not info.is_main):
                 run_slice(cfg, deg, sample, names, denoiser, device, rd, seed=cfg.seed + i)
             continue

@@ -23,8 +23,10 @@ def get_base_config():
     # the one-at-a-time ones up to float rounding (grouped convolutions).
     c.batch_size = 1
     # speed switches of the batched solves (batch_size > 1), solvers/batched.py: bf16 autocast of
-    # the DIP networks (CUDA; on CPU also needs bf16_cpu) and torch.compile. Off = exact float32.
-    c.perf = ml_collections.ConfigDict(dict(bf16=False, bf16_cpu=False, compile=False))
+    # the DIP networks (CUDA; on CPU also needs bf16_cpu), torch.compile (CPU only) and CUDA-graph
+    # replay of each DIP step: "auto" (on CUDA; there udigdip/aseqdip/dip run through the batched
+    # solver even with batch_size 1), "on", "off". bf16/compile off = float32, eager networks.
+    c.perf = ml_collections.ConfigDict(dict(bf16=False, bf16_cpu=False, compile=False, cuda_graph="auto"))
 
     c.data = ml_collections.ConfigDict()
     c.data.path = "indist_samples"  # DDS-style folder, fastMRI .h5, AAPM .npy or DICOM

@@ -41,7 +41,9 @@ DIP (noise input, λ = 0, one outer iteration) through the same loop.  The netwo
 follows the measurements (float64 for complex128 / float64 data, else float32).  Optional
 ``cfg.perf`` fields: ``bf16`` (autocast the DIP network to bfloat16 on CUDA, or on CPU when
 ``bf16_cpu``), ``compile`` (``torch.compile`` the vmapped network; CPU only — refused with a
-warning on CUDA, where it gave wrong images, see :func:`compile_refusal`).
+warning on CUDA, where it gave wrong images, see :func:`compile_refusal`), ``cuda_graph``
+(``"auto"`` default: on CUDA every optimiser step after the first three is replayed from one
+captured CUDA graph, :class:`BatchedDIPStep`; ``"on"`` / ``"off"``).
 """
 from __future__ import annotations
 
@@ -68,7 +70,9 @@ __all__ = ["BatchedDIPNets", "StackedAdam", "BatchedUDiGDIP", "BatchedSeqDIP", "
 def _perf_defaults() -> dict:
     return dict(bf16=False,       # autocast the DIP network to bfloat16 (CUDA). Our choice: off (exactness).
                 bf16_cpu=False,   # also autocast on CPU (slow on most CPUs). Our choice.
-                compile=False)    # torch.compile the vmapped network (CPU only, see compile_refusal). Our choice: off.
+                compile=False,    # torch.compile the vmapped network (CPU only, see compile_refusal). Our choice: off.
+                cuda_graph="auto")  # replay each DIP step from a CUDA graph: "auto" (= on CUDA), "on", "off".
+    #                                   Our choice: auto (10× per slice on the demo, equal quality; README)
 
 
 def default_config():
@@ -91,9 +95,14 @@ def compile_refusal(device: torch.device) -> Optional[str]:
     """Why ``torch.compile`` of the vmapped DIP networks is refused on ``device`` (``None`` = allowed).
 
     On CUDA it is refused: on an H200 with torch 2.11 + CUDA 13.0 the compiled networks ran without
-    error or warning and returned wrong images (demo MRI: PSNR −12 to −33 dB against +20 dB eager;
-    the same setting on CPU agreed with eager to rounding).  The cause was not found; lift this
-    only with a test on the GPU that compares compiled and eager outputs.
+    error or warning and returned wrong images in whole solves (demo MRI: PSNR −12 to −33 dB against
+    +20 dB eager; the same setting on CPU agreed with eager to rounding).  Single compiled calls on
+    the H200 agree with eager as closely as ``aot_eager`` (no code generation) does — forward 9e-4
+    relative, 5 in-place SGD steps 2e-3, bf16 9e-3, without BatchNorm 4e-8 (``bench.py
+    --compile_check``, exp/recorded/h200_2026-11-26/run1_compile_check.json) — so the failure lies in
+    the solve (Adam, the no-grad final forward, recompilation), not in one call; not found.  CUDA
+    graphs (``perf.cuda_graph``) remove the host overhead that compile was meant to cut.  Lift this
+    only with a GPU test that compares compiled and eager SOLVES.
     """
     if device.type == "cuda":
         return ("torch.compile of the vmapped DIP networks returned wrong images on CUDA (H200, "
@@ -169,18 +178,55 @@ class StackedAdam:
     ``lr`` and the step count are per slice (lists of length ``B``); when they agree across the
     batch (the normal case) the update is literally ``torch.optim.Adam``'s single-tensor update.
     ``snapshot``/``restore(mask)`` copy / roll back the state of the slices in ``mask``.
+
+    ``capturable=True`` keeps the per-slice step counts and learning rates on the parameters'
+    device (``[B]`` float64 tensors) and computes the bias corrections there, so that one
+    :meth:`step` issues the same kernels every time and contains no host value: a CUDA graph can
+    capture it (:class:`BatchedDIPStep`).  Same formula; the bias corrections are rounded once to the
+    parameter dtype (vs Python doubles), so it agrees with the default mode to float rounding.
     """
 
     def __init__(self, params: Sequence[torch.Tensor], batch: int, lr: float = 1e-4,
-                 betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0):
+                 betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0, capturable: bool = False):
         self.params = list(params)
         self.B = int(batch)
-        self.lr = [float(lr)] * self.B
         self.beta1, self.beta2 = (float(b) for b in betas)
         self.eps, self.weight_decay = float(eps), float(weight_decay)
-        self.step_count = [0] * self.B
+        self.capturable = bool(capturable)
+        dev = self.params[0].device if self.params else None
+        self._lr_t = torch.full((self.B,), float(lr), dtype=torch.float64, device=dev) if capturable else None
+        self._step_t = torch.zeros(self.B, dtype=torch.float64, device=dev) if capturable else None
+        self._lr = [float(lr)] * self.B
+        self._step_count = [0] * self.B
         self.exp_avg = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in self.params]
         self.exp_avg_sq = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in self.params]
+
+    # per-slice learning rates / step counts (host lists; device tensors too when capturable)
+    @property
+    def lr(self) -> list[float]:
+        return list(self._lr)
+
+    @lr.setter
+    def lr(self, values: Sequence[float]) -> None:
+        values = [float(v) for v in values]
+        if len(values) != self.B:
+            raise ValueError(f"need {self.B} learning rates, got {len(values)}")
+        self._lr = values
+        if self._lr_t is not None:
+            self._lr_t.copy_(torch.tensor(values, dtype=torch.float64))
+
+    def scale_lr(self, b: int, factor: float) -> float:
+        """Multiply slice ``b``'s learning rate by ``factor``; returns the new value."""
+        lrs = self.lr
+        lrs[b] *= float(factor)
+        self.lr = lrs
+        return lrs[b]
+
+    @property
+    def step_count(self) -> list[int]:
+        if self._step_t is not None:
+            return [int(v) for v in self._step_t.tolist()]        # host sync (tests / reports only)
+        return list(self._step_count)
 
     def zero_grad(self) -> None:
         for p in self.params:
@@ -190,15 +236,18 @@ class StackedAdam:
         return torch.tensor(values, dtype=like.dtype, device=like.device).reshape(
             (self.B,) + (1,) * (like.ndim - 1))
 
+    def _views(self, t: torch.Tensor, likes: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        return [t.view((self.B,) + (1,) * (x.ndim - 1)) for x in likes]
+
     @torch.no_grad()
     def step(self) -> None:
-        self.step_count = [s + 1 for s in self.step_count]
         b1, b2 = self.beta1, self.beta2
-        uniform = len(set(self.step_count)) == 1 and len(set(self.lr)) == 1
-        bc1 = [1 - b1 ** s for s in self.step_count]
-        bc2s = [(1 - b2 ** s) ** 0.5 for s in self.step_count]
         live = [(p, m, v) for p, m, v in zip(self.params, self.exp_avg, self.exp_avg_sq) if p.grad is not None]
+        if not self.capturable:
+            self._step_count = [s + 1 for s in self._step_count]
         if not live:
+            if self.capturable:
+                self._step_t.add_(1)
             return
         ps, ms, vs = (list(t) for t in zip(*live))
         gs = [p.grad for p in ps]
@@ -210,48 +259,69 @@ class StackedAdam:
         torch._foreach_mul_(vs, b2)
         torch._foreach_addcmul_(vs, gs, gs, value=1 - b2)
         denom = torch._foreach_sqrt(vs)
-        if uniform:
+        if self.capturable:
+            self._step_t.add_(1)
+            dt = ps[0].dtype
+            bc2s = (1 - torch.pow(b2, self._step_t)).sqrt().to(dt)
+            neg_step = (-self._lr_t / (1 - torch.pow(b1, self._step_t))).to(dt)
+            torch._foreach_div_(denom, self._views(bc2s, denom))
+            torch._foreach_add_(denom, self.eps)
+            upd = torch._foreach_div(ms, denom)
+            torch._foreach_mul_(upd, self._views(neg_step, upd))
+            torch._foreach_add_(ps, upd)
+            return
+        bc1 = [1 - b1 ** s for s in self._step_count]
+        bc2s = [(1 - b2 ** s) ** 0.5 for s in self._step_count]
+        if len(set(self._step_count)) == 1 and len(set(self._lr)) == 1:
             torch._foreach_div_(denom, bc2s[0])
             torch._foreach_add_(denom, self.eps)
-            torch._foreach_addcdiv_(ps, ms, denom, value=-(self.lr[0] / bc1[0]))
+            torch._foreach_addcdiv_(ps, ms, denom, value=-(self._lr[0] / bc1[0]))
         else:
             for p, m, v, d in zip(ps, ms, vs, denom):
                 d.div_(self._per_slice(bc2s, v)).add_(self.eps)
-                step_size = self._per_slice([lr / c for lr, c in zip(self.lr, bc1)], p)
+                step_size = self._per_slice([lr / c for lr, c in zip(self._lr, bc1)], p)
                 p.sub_(step_size * m / d)
 
     def snapshot(self) -> dict:
+        step = self._step_t.clone() if self.capturable else list(self._step_count)
         return {"p": [p.detach().clone() for p in self.params], "m": [m.clone() for m in self.exp_avg],
-                "v": [v.clone() for v in self.exp_avg_sq], "step": list(self.step_count)}
+                "v": [v.clone() for v in self.exp_avg_sq], "step": step}
 
     @torch.no_grad()
-    def update_snapshot(self, snap: dict, mask: Sequence[bool]) -> None:
-        """Copy the current state of the slices where ``mask`` is True into ``snap``."""
+    def _copy_slices(self, dst: dict | None, src: dict | None, idx: list[int]) -> None:
+        """Copy the state of slices ``idx`` from ``src`` to ``dst`` (``None`` = this optimiser)."""
+        cur = {"p": [p.detach() for p in self.params], "m": self.exp_avg, "v": self.exp_avg_sq}
+        d, s = dst or cur, src or cur
+        ii = torch.tensor(idx, device=self.params[0].device) if self.params else None
+        for key in ("p", "m", "v"):
+            for dt, st in zip(d[key], s[key]):
+                dt.index_copy_(0, ii, st.index_select(0, ii))
+        if self.capturable:
+            d_step = dst["step"] if dst is not None else self._step_t
+            s_step = src["step"] if src is not None else self._step_t
+            d_step.index_copy_(0, ii.to(d_step.device), s_step.index_select(0, ii.to(s_step.device)))
+        else:
+            d_step = dst["step"] if dst is not None else self._step_count
+            s_step = src["step"] if src is not None else self._step_count
+            for b in idx:
+                d_step[b] = s_step[b]
+
+    def update_snapshot(self, snap: dict, mask: Sequence[bool], source: Optional[dict] = None) -> None:
+        """Copy the state of the slices where ``mask`` is True into ``snap``: the current state, or
+        that of the snapshot ``source`` (taken before a step whose loss is read after it)."""
         idx = [b for b, ok in enumerate(mask) if ok]
         if not idx:
             return
         if len(idx) == self.B:
-            snap.update(self.snapshot())
+            snap.update(self.snapshot() if source is None else source)
             return
-        ii = torch.tensor(idx, device=self.params[0].device)
-        for key, cur in (("p", self.params), ("m", self.exp_avg), ("v", self.exp_avg_sq)):
-            for s, c in zip(snap[key], cur):
-                s.index_copy_(0, ii, c.detach().index_select(0, ii))
-        for b in idx:
-            snap["step"][b] = self.step_count[b]
+        self._copy_slices(snap, source, idx)
 
-    @torch.no_grad()
     def restore(self, snap: dict, mask: Sequence[bool]) -> None:
         """Roll the slices where ``mask`` is True back to ``snap``."""
         idx = [b for b, bad in enumerate(mask) if bad]
-        if not idx:
-            return
-        ii = torch.tensor(idx, device=self.params[0].device)
-        for key, cur in (("p", self.params), ("m", self.exp_avg), ("v", self.exp_avg_sq)):
-            for s, c in zip(snap[key], cur):
-                c.index_copy_(0, ii, s.index_select(0, ii))
-        for b in idx:
-            self.step_count[b] = snap["step"][b]
+        if idx:
+            self._copy_slices(None, snap, idx)
 
 
 # ---------------------------------------------------------------------------------- physics
@@ -341,6 +411,130 @@ def _finite_per_slice(x: torch.Tensor) -> torch.Tensor:
     return torch.isfinite(r).reshape(r.shape[0], -1).all(dim=1)
 
 
+def parse_graph_mode(value: Any) -> str:
+    """``perf.cuda_graph`` → ``"auto"`` | ``"on"`` | ``"off"`` (accepts bools and on/off/true/false/1/0)."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    v = str(value).strip().lower()
+    for mode, words in (("on", ("on", "true", "1", "yes")), ("off", ("off", "false", "0", "no")), ("auto", ("auto",))):
+        if v in words:
+            return mode
+    raise ValueError(f"perf.cuda_graph must be 'auto', 'on' or 'off' (or a bool), got {value!r}")
+
+
+def graph_wanted(perf: Any, device: torch.device) -> bool:
+    """Whether a batched DIP solve with config ``perf`` replays its step from a CUDA graph on
+    ``device``: ``"auto"`` → on CUDA only; ``"on"`` → on CUDA, else a warning and eager; ``"off"`` → never."""
+    mode = parse_graph_mode("auto" if perf is None else perf.get("cuda_graph", "auto"))
+    if mode == "off":
+        return False
+    reason = graph_refusal(torch.device(device))
+    if reason and mode == "on":
+        warnings.warn(f"perf.cuda_graph ignored: {reason}", stacklevel=3)
+    return reason is None
+
+
+def graph_refusal(device: torch.device) -> Optional[str]:
+    """Why the DIP step cannot be captured in a CUDA graph on ``device`` (``None`` = it can)."""
+    if device.type != "cuda":
+        return f"CUDA graphs need a CUDA device (running on {device.type})"
+    return None
+
+
+class BatchedDIPStep:
+    """One optimiser step of ``B`` DIP networks, eager or replayed from a CUDA graph.
+
+    ``step(z_in, z)`` computes ``x = f_θ(z_in)`` (``[B,H,W]``), the per-slice losses ``data_b =
+    ‖A x_b − y_b‖²``, ``reg_b = ‖x_b − z_b‖²`` (``reduction`` over each slice), ``total_b = data_b +
+    λ reg_b``, back-propagates ``Σ_b total_b`` and applies ``opt`` (a :class:`StackedAdam`);
+    it returns ``(x, total, data, reg, bad_x)``, all detached, computed BEFORE the update.
+    ``bad_x`` is ``None`` unless the operator rejected a non-finite image (eager only): then the
+    list of slices whose ``x`` was not finite (their images were zeroed for the step).
+
+    ``graph=True`` (CUDA): the first ``warmup`` calls run eagerly on a side stream (PyTorch's
+    recipe for capturing backward passes; they are real steps, so the trajectory is unchanged),
+    the next call captures forward + loss + backward + Adam in one ``torch.cuda.CUDAGraph`` and
+    every later call is one replay: the inputs are copied into static buffers and the returned
+    tensors are static outputs, overwritten by the next call (clone what you keep).  The host
+    then issues ~3 launches per step instead of ~1200 ATen ops.  ``opt`` must be capturable
+    (per-slice lr / step count on the device; rolling back slices and changing their learning
+    rates between replays is allowed).  If capturing fails (an operator that syncs with the
+    host, e.g.), a warning is issued and the step stays eager.
+    """
+
+    def __init__(self, forward: Callable[[torch.Tensor], torch.Tensor], opt: StackedAdam, physics: nn.Module,
+                 y: torch.Tensor, lam: float, reduction: str, graph: bool = False, warmup: int = 3):
+        self.forward, self.opt, self.physics, self.y = forward, opt, physics, y
+        self.lam, self.reduction = float(lam), reduction
+        self.use_graph = bool(graph)
+        if graph and not opt.capturable:
+            raise ValueError("a CUDA-graph step needs StackedAdam(..., capturable=True)")
+        self.warmup = max(1, int(warmup))
+        self.calls = 0
+        self.graph: Optional[torch.cuda.CUDAGraph] = None
+        self.graph_error: Optional[str] = None
+        self._static_in: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+        self._static_out = None
+
+    def _eager(self, z_in: torch.Tensor, z: torch.Tensor, allow_bad: bool = True):
+        self.opt.zero_grad()
+        x = self.forward(z_in)
+        bad_x = None
+        try:
+            r = self.physics(x) - self.y
+        except ValueError:
+            fin = _finite_per_slice(x.detach())
+            if not allow_bad or bool(fin.all()):
+                raise
+            bad_x = (~fin).tolist()      # replace non-finite slices; the caller rolls them back
+            x = torch.where(fin.view(-1, 1, 1), x, torch.zeros((), dtype=x.dtype, device=x.device))
+            r = self.physics(x) - self.y
+        data = _sq_per_slice(r, self.reduction)
+        reg = _sq_per_slice(x - z, self.reduction) if self.lam else torch.zeros_like(data)
+        total = data + self.lam * reg if self.lam else data
+        total.sum().backward()
+        self.opt.step()
+        return x.detach(), total.detach(), data.detach(), reg.detach(), bad_x
+
+    def __call__(self, z_in: torch.Tensor, z: torch.Tensor):
+        self.calls += 1
+        if not self.use_graph or self.graph_error is not None:
+            return self._eager(z_in, z)
+        if self._static_in is None:
+            self._static_in = (z_in.detach().clone(), z.detach().clone())
+        s_in, s_z = self._static_in
+        s_in.copy_(z_in)
+        s_z.copy_(z)
+        if self.graph is None and self.calls <= self.warmup:
+            side = torch.cuda.Stream(device=s_in.device)
+            side.wait_stream(torch.cuda.current_stream(s_in.device))
+            # the operators' NaN checks are host syncs, which a capture cannot contain
+            with torch.cuda.stream(side), finite_checks(self.physics, False):
+                out = self._eager(s_in, s_z, allow_bad=False)
+            torch.cuda.current_stream(s_in.device).wait_stream(side)
+            return out
+        if self.graph is None:
+            g = torch.cuda.CUDAGraph()
+            self.opt.zero_grad()
+            try:
+                with finite_checks(self.physics, False), torch.cuda.graph(g):
+                    out = self._eager(s_in, s_z, allow_bad=False)
+            except Exception as e:  # capture failed: nothing was executed, continue eagerly
+                # the first error (e.g. a host sync inside the step) is the context of the one
+                # that ending the capture raises
+                chain = [e] + ([e.__context__] if e.__context__ is not None else [])
+                self.graph_error = " <- ".join(f"{type(x).__name__}: {str(x).splitlines()[0] if str(x) else ''}"
+                                               for x in reversed(chain))
+                warnings.warn(f"CUDA-graph capture of the DIP step failed ({self.graph_error}); running "
+                              "eagerly", stacklevel=2)
+                torch.cuda.synchronize(s_in.device)
+                self.opt.zero_grad()
+                return self._eager(z_in, z)
+            self.graph, self._static_out = g, out
+        self.graph.replay()
+        return self._static_out
+
+
 class BatchedUDiGDIP(UDiGDIP):
     """uDiG-DIP on ``B`` slices at once: ``BatchedUDiGDIP(cfg, denoiser, seeds)(y, physics)``.
 
@@ -366,16 +560,21 @@ class BatchedUDiGDIP(UDiGDIP):
             raise ValueError("seeds must hold one seed per slice")
         super().__init__(cfg, denoiser=denoiser, seed=seeds[0], device=device)
         self.seeds = seeds
+        parse_graph_mode(self.cfg.perf.cuda_graph)      # a bad value fails here, not mid-run
 
     # ------------------------------------------------------------------------------- helpers
     def _use_bf16(self, device: torch.device) -> bool:
         p = self.cfg.perf
         return bool(p.bf16) and (device.type == "cuda" or bool(p.bf16_cpu))
 
+    def _use_graph(self, device: torch.device) -> bool:
+        return graph_wanted(self.cfg.perf, device)
+
     def _forward(self, nets: BatchedDIPNets, z: torch.Tensor, is_complex: bool, bf16: bool) -> torch.Tensor:
         zc = to_channels(z) if z.ndim == 3 else z      # image [B,H,W] or channel-packed [B,C,H,W]
         if bf16:
-            with torch.autocast(device_type=zc.device.type, dtype=torch.bfloat16):
+            # no autocast weight cache: a CUDA graph cannot capture it (and each weight is used once)
+            with torch.autocast(device_type=zc.device.type, dtype=torch.bfloat16, cache_enabled=False):
                 out = nets(zc)
             out = out.to(zc.dtype)
         else:
@@ -429,15 +628,16 @@ class BatchedUDiGDIP(UDiGDIP):
             z = self._initial_z(y, physics, gens)
             nets = BatchedDIPNets(c.net, is_complex, self.seeds, device=device, dtype=dtype,
                                   in_channels=self._in_channels(), compile=bool(c.perf.compile))
+            graph = self._use_graph(torch.device(device))
             opt = StackedAdam(nets.parameters(), B, lr=float(c.lr), betas=tuple(c.betas),
-                              weight_decay=float(c.weight_decay))
+                              weight_decay=float(c.weight_decay), capturable=graph)
             fwd = lambda zz: self._forward(nets, zz, is_complex, bf16)  # noqa: E731
+            stepper = BatchedDIPStep(fwd, opt, physics, y, lam, red, graph=graph)
 
             def on_nan(bad: list[bool], step: int, snap: dict) -> None:
                 opt.restore(snap, bad)
                 for b in (i for i, v in enumerate(bad) if v):
-                    opt.lr[b] *= 0.5
-                    histories[b].setdefault("nan_events", []).append({"step": step, "lr": opt.lr[b]})
+                    histories[b].setdefault("nan_events", []).append({"step": step, "lr": opt.scale_lr(b, 0.5)})
                     nan_counts[b] += 1
                     if nan_counts[b] > int(c.max_nan_events):
                         raise RuntimeError(f"DIP optimisation of slice {b} diverged {nan_counts[b]} times "
@@ -452,48 +652,31 @@ class BatchedUDiGDIP(UDiGDIP):
                     for i in range(1, N + 1):
                         step = k * N + i
                         check = step % log_every == 0 or (log_last and i == N)
-                        opt.zero_grad()
-                        x = fwd(self._step_input(z, gens))
-                        bad_x = None
-                        try:
-                            r = physics(x) - y
-                        except ValueError:
-                            fin = _finite_per_slice(x.detach())
-                            if bool(fin.all()):
-                                raise
-                            bad_x = (~fin).tolist()      # replace non-finite slices, roll them back below
-                            x = torch.where(fin.view(-1, 1, 1), x, torch.zeros((), dtype=x.dtype, device=x.device))
-                            r = physics(x) - y
-                        data = _sq_per_slice(r, red)
-                        reg = _sq_per_slice(x - z, red) if lam else torch.zeros_like(data)
-                        total = data + lam * reg if lam else data
+                        # the loss of a step is read after its update: keep the pre-update state
+                        before = opt.snapshot() if check else None
+                        x, total, data, reg, bad_x = stepper(self._step_input(z, gens), z)
                         if bad_x is not None:
                             # a single run catches the operator's ValueError: no history, no update
-                            total.sum().backward()
-                            opt.step()
                             on_nan(bad_x, step, snap)
                             if pbar is not None:
                                 pbar.update(1)
                             continue
-                        bad = [False] * B
                         if check:
-                            vals = torch.stack((total.detach(), data.detach(), reg.detach())).tolist()
+                            vals = torch.stack((total, data, reg)).tolist()
                             bad = [not math.isfinite(v) for v in vals[0]]
                             good = [not v for v in bad]
-                            opt.update_snapshot(snap, good)
+                            opt.update_snapshot(snap, good, source=before)
                             for b in range(B):
                                 if bad[b]:
                                     continue
                                 for key, val in (("step", step), ("loss", vals[0][b]), ("data_loss", vals[1][b]),
                                                  ("reg_loss", vals[2][b]), ("lr", opt.lr[b])):
                                     histories[b].setdefault(key, []).append(val)
-                            self._notify(callback, per_slice_cbs, step, x.detach(), vals, good, opt.lr, k, x_gt)
+                            self._notify(callback, per_slice_cbs, step, x, vals, good, opt.lr, k, x_gt)
                             if pbar is not None:
                                 pbar.set_postfix(loss=f"{sum(vals[0]) / B:.3e}", refresh=False)
-                        total.sum().backward()
-                        opt.step()
-                        if any(bad):
-                            on_nan(bad, step, snap)        # = skipping this step for those slices
+                            if any(bad):
+                                on_nan(bad, step, snap)        # = skipping this step for those slices
                         if pbar is not None:
                             pbar.update(1)
                     with torch.no_grad():
@@ -509,7 +692,8 @@ class BatchedUDiGDIP(UDiGDIP):
                     x = fwd(z).detach()
 
         info = {"t_schedule": list(self.t_schedule), "seeds": list(self.seeds), "config": c.to_dict(),
-                "num_params": nets.num_params_per_net, "batch": B}
+                "num_params": nets.num_params_per_net, "batch": B,
+                "cuda_graph": stepper.graph is not None, "cuda_graph_error": stepper.graph_error}
         slices = []
         for b in range(B):
             h = dict(histories[b])

@@ -674,3 +674,55 @@ def test_bad_batch_size_clear_error(bad_batch_runs, case):
     assert "batch_size" in run.output and ">= 1" in run.output, run.output[-2000:]
     assert "Traceback" not in run.output, run.output[-3000:]
     assert not workdir.exists() or not any(workdir.iterdir())
+
+
+# ------------------------------------------------------------- 7. CUDA graphs (config.perf.cuda_graph)
+_ROUTING_SCRIPT = r"""
+import ml_collections
+import main as M
+from solvers.batched import parse_graph_mode
+
+calls = []
+M.prepare_slice = lambda cfg, deg, s, dev, seed: ("job", s, seed)
+M.solve_batch = lambda cfg, jobs, name, *a: calls.append(("batch", name, len(jobs)))
+M.solve_one = lambda cfg, job, name, *a: calls.append(("one", name, 1))
+
+class RD:
+    def is_done(self, *a):
+        return False
+
+cfg = ml_collections.ConfigDict({"seed": 0, "perf": {"cuda_graph": "auto"}})
+assert not M.graph_path(cfg, "udigdip", "cpu")          # auto: off on CPU
+for graphs in (True, False):
+    calls.clear()
+    M.graph_path = lambda cfg, name, dev, g=graphs: g and name in M.PERF_SOLVERS
+    M.run_chunk(cfg, "MRI-multi", [(0, type("S", (), {"name": "a"})())], ["udigdip", "dds", "sgdip"],
+                None, "cpu", RD())
+    want = [("batch" if graphs else "one", "udigdip", 1), ("one", "dds", 1), ("one", "sgdip", 1)]
+    assert calls == want, (graphs, calls)
+assert [parse_graph_mode(v) for v in (True, "ON", "false", "auto", 0)] == ["on", "on", "off", "auto", "off"]
+try:
+    parse_graph_mode("maybe")
+    raise SystemExit("no error for a bad value")
+except ValueError as e:
+    assert "cuda_graph" in str(e)
+print("ROUTING OK")
+"""
+
+
+def test_cuda_graph_routing_sends_single_slices_to_the_batched_solver():
+    """Where CUDA graphs apply (``main.graph_path``; "auto" = CUDA only), udigdip/aseqdip/dip go
+    through the batched solver even for a chunk of one slice; other solvers, and every solver
+    without graphs, one at a time.  (A subprocess: main's absl flags must not meet train's.)"""
+    out = subprocess.run([PY, "-c", _ROUTING_SCRIPT], cwd=ROOT, env=_env(), capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0 and "ROUTING OK" in out.stdout, out.stdout[-2000:] + out.stderr[-3000:]
+
+
+def test_bad_cuda_graph_value_clear_error(tmp_path):
+    run = Run([f"--workdir={tmp_path / 'w'}", *TINY, "--deg=MRI-multi", "--solver=udigdip",
+               "--config.perf.cuda_graph=maybe"], tmp_path / "out.txt").wait()
+    assert run.rc != 0
+    assert "cuda_graph" in run.output and "'auto', 'on' or 'off'" in run.output, run.output[-2000:]
+    assert "Traceback" not in run.output, run.output[-3000:]
+    assert not (tmp_path / "w").exists() or not any((tmp_path / "w").iterdir())

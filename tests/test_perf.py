@@ -429,3 +429,162 @@ def test_batched_vanilla_dip_matches_single_runs(noise_std):
     assert float((res.x_hat[0] - res.x_hat[1]).abs().max()) > 1e-3
     with pytest.raises(ValueError, match="input_kind"):
         BatchedVanillaDIP({"input_kind": "bogus"}, seeds=[0])
+
+
+# ------------------------------------------------------------ capturable Adam, NaN guard, CUDA graphs
+def test_stacked_adam_capturable_equals_default_with_per_slice_lr_and_rollback():
+    """capturable=True (device lr / step count, what a CUDA graph replays) = the default mode:
+    per-slice learning rates, a roll-back of one slice and an lr change in between."""
+    torch.manual_seed(1)
+    B, shapes = 3, [(4, 5), (7,), (2, 3, 3)]
+    w0 = [torch.randn(B, *sh, dtype=torch.float64) for sh in shapes]
+    runs = []
+    for cap in (False, True):
+        ps = [w.clone().requires_grad_(True) for w in w0]
+        opt = StackedAdam(ps, B, lr=1e-2, weight_decay=0.01, capturable=cap)
+        opt.lr = [1e-2, 5e-3, 2e-2]
+        g = torch.Generator().manual_seed(7)
+        for it in range(6):
+            for p in ps:
+                p.grad = torch.randn(p.shape, generator=g, dtype=p.dtype)
+            opt.step()
+            if it == 1:
+                snap = opt.snapshot()
+            if it == 3:
+                opt.restore(snap, [False, True, False])
+                assert opt.scale_lr(1, 0.5) == pytest.approx(2.5e-3)
+        runs.append((ps, opt.step_count, opt.lr))
+    (p0, s0, l0), (p1, s1, l1) = runs
+    assert s0 == s1 == [6, 4, 6] and l0 == l1
+    for a, b in zip(p0, p1):
+        torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-15)
+    # and the rolled-back slice really moved differently from the others
+    assert not torch.allclose(p0[0][1], w0[0][1])
+
+
+def test_stacked_adam_capturable_float32_equals_torch_adam():
+    torch.manual_seed(2)
+    w0 = torch.randn(2, 6, 6)
+    p = w0.clone().requires_grad_(True)
+    opt = StackedAdam([p], 2, lr=1e-3, capturable=True)
+    singles = [w0[b].clone().requires_grad_(True) for b in range(2)]
+    topts = [torch.optim.Adam([s], lr=1e-3) for s in singles]
+    for _ in range(20):
+        g = torch.randn(2, 6, 6)
+        p.grad = g.clone()
+        opt.step()
+        for b in range(2):
+            singles[b].grad = g[b].clone()
+            topts[b].step()
+    for b in range(2):
+        torch.testing.assert_close(p.detach()[b], singles[b].detach(), rtol=1e-6, atol=1e-7)
+
+
+class _NaNAtCall:
+    """Wraps ``A.forward``: the ``at``-th forward call with gradients returns NaN for ``slices``."""
+
+    def __init__(self, A, at: int, slices):
+        self.A, self.at, self.slices, self.calls = A, at, list(slices), 0
+        self.orig = A.forward
+        A.forward = self
+
+    def __call__(self, x):
+        out = self.orig(x)
+        if x.requires_grad:
+            self.calls += 1
+            if self.calls == self.at:
+                mask = torch.zeros(out.shape[0], dtype=torch.bool)
+                mask[self.slices] = True
+                nan = torch.tensor(float("nan"), dtype=out.real.dtype)
+                out = out * torch.where(mask, nan, 1.0).view(-1, *[1] * (out.ndim - 1))   # NaN gradients too
+        return out
+
+
+@pytest.mark.parametrize("at", [4, 5])    # 4: a check step (log_every=2); 5: NaN weights until step 6
+def test_batched_nan_guard_rolls_back_only_the_bad_slice(at):
+    """A NaN in slice 1 at one step: slice 1 = a single run with the same NaN (rolled back, lr
+    halved, event recorded at the same step), slice 0 = an undisturbed single run (float64)."""
+    dtype = torch.float64
+    ops, ys = _problem(dtype)
+    cfg = {k: v for k, v in _cfg(num_outer=2, inner_steps=4).items() if not k.startswith(("t_", "purify"))}
+    seeds = [3, 4]
+    A = stack_physics(ops)
+    clean0 = _single_runs(SeqDIP, cfg, None, seeds[:1], ops, ys, dtype)[0]
+    _NaNAtCall(ops[1], at, [0])
+    bad1 = _single_runs(SeqDIP, cfg, None, seeds[1:], ops[1:], ys[1:], dtype)[0]
+    _NaNAtCall(A, at, [1])
+    res = split_result(BatchedSeqDIP(cfg, seeds=seeds)(torch.cat(ys), A))
+    assert bad1.history["nan_events"] and "nan_events" not in clean0.history
+    assert res[1].history["nan_events"] == bad1.history["nan_events"]
+    assert "nan_events" not in res[0].history
+    for r, s in ((res[0], clean0), (res[1], bad1)):
+        assert torch.isfinite(torch.view_as_real(r.x_hat)).all()
+        assert float((r.x_hat - s.x_hat).norm() / s.x_hat.norm()) < 1e-9
+        assert r.history["lr"] == s.history["lr"]
+
+
+def test_cuda_graph_flag_on_cpu_warns_and_runs_eagerly():
+    ops, ys = _problem(torch.float32)
+    cfg = {"net": {"channels": (4, 8, 8)}, "num_outer": 1, "inner_steps": 3, "disable_progress": True}
+    ref = BatchedSeqDIP(cfg, seeds=[0, 1])(torch.cat(ys), stack_physics(ops))
+    with pytest.warns(UserWarning, match="cuda_graph ignored"):
+        res = BatchedSeqDIP({**cfg, "perf": {"cuda_graph": True}}, seeds=[0, 1])(torch.cat(ys), stack_physics(ops))
+    assert torch.equal(res.x_hat, ref.x_hat) and res.info["cuda_graph"] is False
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("modality", ["MRI", "CT"])
+def test_cuda_graph_step_equals_eager_step_with_rollback(modality):
+    """BatchedDIPStep replayed from a CUDA graph = the same step run eagerly (capturable Adam),
+    including a roll-back of one slice and an lr change between replays."""
+    from solvers.batched import BatchedDIPNets, BatchedDIPStep
+
+    if modality == "MRI":
+        ops, ys = _problem(torch.float32)
+        A, y = stack_physics(ops).cuda(), torch.cat(ys).cuda()
+        z, cplx = A.adjoint(y), True
+    else:
+        from physics.ct import ParallelBeamCT
+
+        A = ParallelBeamCT(H, num_views=8).cuda()
+        x = torch.rand(2, H, H, generator=torch.Generator().manual_seed(0)).cuda()
+        y, cplx = A(x), False
+        z = A.adjoint(y) / H
+    outs = []
+    for graph in (False, True):
+        nets = BatchedDIPNets({"channels": (4, 8, 8)}, cplx, [0, 1], device="cuda")
+        opt = StackedAdam(nets.parameters(), 2, lr=3e-3, capturable=True)
+        from utils.complex import from_channels, to_channels
+
+        fwd = lambda zz: from_channels(nets(to_channels(zz)), cplx)  # noqa: E731
+        step = BatchedDIPStep(fwd, opt, A, y, 1.0, "mean", graph=graph)
+        losses = []
+        for i in range(12):
+            if i == 6:
+                snap = opt.snapshot()
+            if i == 9:
+                opt.restore(snap, [True, False])
+                opt.scale_lr(0, 0.5)
+            _, total, _, _, _ = step(z, z)
+            losses.append(total.clone())
+        assert (step.graph is not None) == graph, step.graph_error
+        outs.append((torch.stack(losses), [p.detach().clone() for p in nets.parameters()]))
+    (l0, p0), (l1, p1) = outs
+    torch.testing.assert_close(l1, l0, rtol=1e-5, atol=1e-7)
+    for a, b in zip(p0, p1):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graph_solver_matches_eager_solver():
+    den = Denoiser(_EpsNet(2, torch.float32).cuda(), DiffusionSchedule(), is_complex=True, learn_sigma=False)
+    ops, ys = _problem(torch.float32)
+    y, A = torch.cat(ys).cuda(), stack_physics(ops).cuda()
+    ref = BatchedUDiGDIP(_cfg(), den, seeds=[10, 11], device="cuda")(y, A)
+    res = BatchedUDiGDIP({**_cfg(), "perf": {"cuda_graph": True}}, den, seeds=[10, 11], device="cuda")(y, A)
+    assert res.info["cuda_graph"], res.info["cuda_graph_error"]
+    rel = float((res.x_hat - ref.x_hat).norm() / ref.x_hat.norm())
+    assert rel < 1e-3, rel
+    for r, s in zip(split_result(res), split_result(ref)):
+        assert r.history["step"] == s.history["step"]
+        np.testing.assert_allclose(r.history["loss"], s.history["loss"], rtol=1e-3)
