@@ -87,6 +87,9 @@ def define_flags() -> None:
                          "convolution algorithms; the solvers run with cudnn.deterministic and no benchmark).")
     flags.DEFINE_integer("profile_batch", 0, "Batched DIP-step table: profile the eager step at this B "
                          "(torch.profiler, top ops by device time; 0 = off).")
+    flags.DEFINE_string("net_impls", "vmap", "Batched DIP-step table: comma list of solvers.batched.NET_IMPLS "
+                        "(vmap, grouped, grouped_cl); each gets its own rows and B=1 reference.")
+    flags.DEFINE_boolean("graph_only", False, "Batched DIP-step table on CUDA: only the CUDA-graph rows.")
     flags.DEFINE_boolean("cuda_graph", False, "Batched DIP-step table: also time each B with the step replayed "
                          "from a CUDA graph (perf.cuda_graph; CUDA only). Throughput is relative to B=1 of the "
                          "same variant.")
@@ -304,7 +307,7 @@ def dip_step_fns(A, y, device, net_cfg, bf16: bool, compile_: bool, lam: float =
 
 
 def batched_dip_step_fn(A, y, device, net_cfg, B: int, bf16: bool, compile_: bool, lam: float = 1.0,
-                        graph: bool = False):
+                        graph: bool = False, impl: str = "vmap"):
     """One optimiser step of ``B`` independent DIP nets on slices ``y[:B]`` — the solvers' own
     step (``solvers.batched.BatchedDIPStep``: one vmapped forward/backward, :class:`StackedAdam`),
     replayed from a CUDA graph when ``graph``; no host sync.  Returns the per-slice losses."""
@@ -316,7 +319,7 @@ def batched_dip_step_fn(A, y, device, net_cfg, B: int, bf16: bool, compile_: boo
     Ab = stack_physics([_slice_physics(A, b % y.shape[0]) for b in range(B)])
     yb = torch.cat([y[b % y.shape[0]][None] for b in range(B)])
     z = initial_input(yb, Ab, "input_image")
-    nets = BatchedDIPNets(net_cfg, is_complex, list(range(B)), device=device, compile=compile_)
+    nets = BatchedDIPNets(net_cfg, is_complex, list(range(B)), device=device, compile=compile_, impl=impl)
     opt = StackedAdam(nets.parameters(), B, lr=1e-4, capturable=graph)
 
     def fwd(zz):
@@ -529,15 +532,19 @@ def run(argv_flags=None) -> dict:
             if any(n in ("udigdip", "aseqdip") for n in names) and dip_bss:
                 one_flops = count_flops(dip_step_fns(A1, y1, device, net_cfg, False, False)[0])
                 graphs = [False, True] if F.cuda_graph and device.type == "cuda" else [False]
-                for graph, B in ((g, b) for g in graphs for b in dip_bss):
+                if F.graph_only and device.type == "cuda":
+                    graphs = [True]
+                impls = [v.strip() for v in F.net_impls.split(",") if v.strip()]
+                for impl, graph, B in ((i, g, b) for i in impls for g in graphs for b in dip_bss):
                     base = None if B == dip_bss[0] else base
                     try:
-                        fn = batched_dip_step_fn(A, y, device, net_cfg, B, bf16, bool(F.compile), graph=graph)
+                        fn = batched_dip_step_fn(A, y, device, net_cfg, B, bf16, bool(F.compile), graph=graph,
+                                                 impl=impl)
                         # a graph is captured after 3 eager steps: warm up past it
                         r = time_calls(fn, device, steps, max(1, warm) + (4 if graph else 0), False)
                     except Exception as e:
                         result["errors"].append({"device": str(device), "modality": mod,
-                                                 "phase": f"dip_batched B={B} graph={graph}",
+                                                 "phase": f"dip_batched B={B} graph={graph} impl={impl}",
                                                  "error": f"{type(e).__name__}: {e}",
                                                  "trace": traceback.format_exc(limit=3)})
                         continue
@@ -549,7 +556,8 @@ def run(argv_flags=None) -> dict:
                     per = r["seconds"] / B
                     base = per if B == dip_bss[0] and B == 1 else base
                     row = {"device": str(device), "modality": mod, "B": B, "bf16": bf16, "compile": bool(F.compile),
-                           "cuda_graph": graph, "seconds_per_step": r["seconds"], "seconds_per_slice_step": per,
+                           "cuda_graph": graph, "net_impl": impl, "seconds_per_step": r["seconds"],
+                           "seconds_per_slice_step": per,
                            "flops": one_flops * B, "tflops_per_s": one_flops * B / r["seconds"] / 1e12,
                            "peak_mem_bytes": r["peak_mem_bytes"], "peak_mem_kind": r["peak_mem_kind"]}
                     if base:
@@ -558,7 +566,7 @@ def run(argv_flags=None) -> dict:
                         row["mfu"] = row["tflops_per_s"] / peak
                     result["dip_batched"].append(row)
                     if B == F.profile_batch and not graph:
-                        result["dip_profile"].append({"device": str(device), "modality": mod, "B": B,
+                        result["dip_profile"].append({"device": str(device), "modality": mod, "B": B, "net_impl": impl,
                                                       "top_ops": profile_ops(fn, device)})
             if "udigdip" in names and F.prior_phases:
                 fns = purify_fns(den_u, den_o, A1, y1, device)
@@ -622,12 +630,13 @@ def markdown(result: dict) -> str:
             lines.append(f"| {b['device']} | {b['modality']} | {b['solver']} | {b['B']} | {b['seconds_per_slice']:.3f} | "
                          f"{b['sequential_seconds_per_slice']:.3f} | {b['speedup_vs_sequential']:.2f}× |")
     if result.get("dip_batched"):
-        lines += ["", "| device | modality | B | bf16 | CUDA graph | ms / step | ms / slice-step | throughput vs B=1 "
-                  "| TFLOP/s | MFU |", "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += ["", "| device | modality | net impl | B | bf16 | CUDA graph | ms / step | ms / slice-step | "
+                  "throughput vs B=1 | TFLOP/s | MFU |", "|---|---|---|---|---|---|---|---|---|---|---|"]
         for b in result["dip_batched"]:
             thr = "–" if "throughput_vs_B1" not in b else f"{b['throughput_vs_B1']:.2f}×"
             mfu = "–" if "mfu" not in b else f"{100 * b['mfu']:.1f}%"
-            lines.append(f"| {b['device']} | {b['modality']} | {b['B']} | {b['bf16']} | {b.get('cuda_graph', False)} | "
+            lines.append(f"| {b['device']} | {b['modality']} | {b.get('net_impl', 'vmap')} | {b['B']} | {b['bf16']} | "
+                         f"{b.get('cuda_graph', False)} | "
                          f"{1e3 * b['seconds_per_step']:.2f} | "
                          f"{1e3 * b['seconds_per_slice_step']:.2f} | {thr} | {b['tflops_per_s']:.2f} | {mfu} |")
     if result["errors"]:

@@ -53,7 +53,7 @@ run 120 $PY -m pytest -q -p no:cacheprovider -m "not slow" tests/test_mri.py tes
 
 say "bench CT 256 (AAPM256 prior config, default DIP U-Net): batched DIP step, eager vs CUDA graph"
 run "$T_BENCH" $PY bench.py --device="$DEVICE" --modalities=CT $B_CT --solvers=udigdip --skip_solve --prior_phases=False \
-  --cuda_graph --profile_batch=8 --batch_sizes=1,2,4,8 --out="$OUT/bench_ct256.json"
+  --cuda_graph --profile_batch=8 --net_impls=vmap,grouped_cl --batch_sizes=1,2,4,8 --out="$OUT/bench_ct256.json"
 
 say "demo solves ($NS held-out slices): naive (fp32, batch 1, sync + metrics every step) vs optimised (bf16, batch $NS, CUDA graph)"
 for mod in mri ct; do
@@ -93,7 +93,7 @@ EOF
 
 say "bench MRI 320 (fastMRI knee prior config): batched DIP step, eager vs CUDA graph"
 run "$T_BENCH" $PY bench.py --device="$DEVICE" --modalities=MRI $B_MRI --solvers=udigdip --skip_solve --prior_phases=False \
-  --cuda_graph --batch_sizes=1,2,4,8 --out="$OUT/bench_mri320.json"
+  --cuda_graph --net_impls=vmap,grouped_cl --batch_sizes=1,2,4,8 --out="$OUT/bench_mri320.json"
 
 say "torch.compile vs eager DIP nets (per-call agreement; see compile_refusal)"
 run "$T_BENCH" $PY bench.py --device="$DEVICE" --compile_check --size=$CC_SIZE --out="$OUT/compile_check.json"

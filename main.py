@@ -220,11 +220,12 @@ def check_solver_configs(cfg, names, denoiser, device, modality: str) -> None:
 
 #: Config fields that may change when a run is resumed (they do not affect the results beyond
 #: float rounding: ``device`` and ``batch_size`` change the kernels, not the computation).
-RESUME_FREE_FIELDS = ("workdir", "run_name", "device", "data.max_slices", "batch_size", "perf.cuda_graph")
+RESUME_FREE_FIELDS = ("workdir", "run_name", "device", "data.max_slices", "batch_size", "perf.cuda_graph",
+                      "perf.net_impl")
 #: Fields added after run folders were first written: a saved config.json without them ran with
 #: these values (so such runs can still be resumed).
 ADDED_FIELD_DEFAULTS = {"batch_size": 1, "perf.bf16": False, "perf.bf16_cpu": False,
-                        "perf.compile": False, "perf.cuda_graph": "off"}
+                        "perf.compile": False, "perf.cuda_graph": "off", "perf.net_impl": "vmap"}
 
 
 def _flatten(d, prefix=""):
@@ -397,13 +398,17 @@ def main(argv):
                      f"; {', '.join(unbatched)} one slice at a time (no batched variant)" if unbatched else "")
     try:
         graphs = [n for n in names if graph_path(cfg, n, device)]
-    except ValueError as e:      # a bad perf.cuda_graph value
-        raise app.UsageError(f"--config.perf.cuda_graph: {e}") from None
+        if cfg.get("perf") is not None:
+            from solvers.batched import resolve_net_impl
+
+            resolve_net_impl(cfg.perf.get("net_impl", "auto"), device)
+    except ValueError as e:      # a bad perf.cuda_graph / perf.net_impl value
+        raise app.UsageError(f"--config.perf: {e}") from None
     if graphs:
         logging.info("CUDA graphs (config.perf.cuda_graph): %s run through the batched solver%s", ", ".join(graphs),
                      " with one slice per solve" if batch_size == 1 else "")
     elif batch_size == 1 and cfg.get("perf") is not None and any(
-            bool(v) for k, v in cfg.perf.to_dict().items() if k != "cuda_graph"):
+            bool(v) for k, v in cfg.perf.to_dict().items() if k not in ("cuda_graph", "net_impl")):
         logging.warning("config.perf (%s) applies to batched solves only (--batch_size > 1, or CUDA graphs "
                         "on a CUDA device); ignored", cfg.perf.to_dict())
     if FLAGS.resume is not None:

@@ -26,7 +26,10 @@ def get_base_config():
     # the DIP networks (CUDA; on CPU also needs bf16_cpu), torch.compile (CPU only) and CUDA-graph
     # replay of each DIP step: "auto" (on CUDA; there udigdip/aseqdip/dip run through the batched
     # solver even with batch_size 1), "on", "off". bf16/compile off = float32, eager networks.
-    c.perf = ml_collections.ConfigDict(dict(bf16=False, bf16_cpu=False, compile=False, cuda_graph="auto"))
+    # net_impl: how the B networks run ("auto", "vmap", "grouped", "grouped_cl" = grouped
+    # convolutions in channels-last layout; same arithmetic, solvers/batched.py NET_IMPLS).
+    c.perf = ml_collections.ConfigDict(dict(bf16=False, bf16_cpu=False, compile=False, cuda_graph="auto",
+                                            net_impl="auto"))
 
     c.data = ml_collections.ConfigDict()
     c.data.path = "indist_samples"  # DDS-style folder, fastMRI .h5, AAPM .npy or DICOM

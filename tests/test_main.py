@@ -719,10 +719,11 @@ def test_cuda_graph_routing_sends_single_slices_to_the_batched_solver():
     assert out.returncode == 0 and "ROUTING OK" in out.stdout, out.stdout[-2000:] + out.stderr[-3000:]
 
 
-def test_bad_cuda_graph_value_clear_error(tmp_path):
+@pytest.mark.parametrize("field,expect", [("cuda_graph", "'auto', 'on' or 'off'"), ("net_impl", "'auto' or one of")])
+def test_bad_perf_value_clear_error(tmp_path, field, expect):
     run = Run([f"--workdir={tmp_path / 'w'}", *TINY, "--deg=MRI-multi", "--solver=udigdip",
-               "--config.perf.cuda_graph=maybe"], tmp_path / "out.txt").wait()
+               f"--config.perf.{field}=maybe"], tmp_path / "out.txt").wait()
     assert run.rc != 0
-    assert "cuda_graph" in run.output and "'auto', 'on' or 'off'" in run.output, run.output[-2000:]
+    assert field in run.output and expect in run.output, run.output[-2000:]
     assert "Traceback" not in run.output, run.output[-3000:]
     assert not (tmp_path / "w").exists() or not any((tmp_path / "w").iterdir())

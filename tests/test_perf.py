@@ -214,11 +214,12 @@ def test_batched_rejects_wrong_batch():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_batched_on_cuda_matches_cpu_loosely():
     ops, ys = _problem(torch.float32)
-    cfg = {"net": {"channels": (4, 8, 8)}, "num_outer": 2, "inner_steps": 2, "disable_progress": True}
+    cfg = {"net": {"channels": (4, 8, 8)}, "num_outer": 2, "inner_steps": 2, "disable_progress": True,
+           "perf": {"net_impl": "vmap"}}
     cpu = BatchedSeqDIP(cfg, seeds=[0, 1])(torch.cat(ys), stack_physics(ops)).x_hat
     gpu = BatchedSeqDIP(cfg, seeds=[0, 1], device="cuda")(torch.cat(ys).cuda(), stack_physics(ops).cuda()).x_hat
     assert float((gpu.cpu() - cpu).norm() / cpu.norm()) < 1e-2
-    bf = BatchedSeqDIP({**cfg, "perf": {"bf16": True}}, seeds=[0, 1], device="cuda")(
+    bf = BatchedSeqDIP({**cfg, "perf": {"bf16": True, "net_impl": "vmap"}}, seeds=[0, 1], device="cuda")(
         torch.cat(ys).cuda(), stack_physics(ops).cuda()).x_hat
     assert torch.isfinite(torch.view_as_real(bf)).all()
 
@@ -533,8 +534,8 @@ def test_cuda_graph_flag_on_cpu_warns_and_runs_eagerly():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("modality", ["MRI", "CT"])
-def test_cuda_graph_step_equals_eager_step_with_rollback(modality):
+@pytest.mark.parametrize("modality,impl", [("MRI", "vmap"), ("CT", "vmap"), ("MRI", "grouped_cl"), ("CT", "grouped_cl")])
+def test_cuda_graph_step_equals_eager_step_with_rollback(modality, impl):
     """BatchedDIPStep replayed from a CUDA graph = the same step run eagerly (capturable Adam),
     including a roll-back of one slice and an lr change between replays."""
     from solvers.batched import BatchedDIPNets, BatchedDIPStep
@@ -552,7 +553,7 @@ def test_cuda_graph_step_equals_eager_step_with_rollback(modality):
         z = A.adjoint(y) / H
     outs = []
     for graph in (False, True):
-        nets = BatchedDIPNets({"channels": (4, 8, 8)}, cplx, [0, 1], device="cuda")
+        nets = BatchedDIPNets({"channels": (4, 8, 8)}, cplx, [0, 1], device="cuda", impl=impl)
         opt = StackedAdam(nets.parameters(), 2, lr=3e-3, capturable=True)
         from utils.complex import from_channels, to_channels
 
@@ -588,3 +589,83 @@ def test_cuda_graph_solver_matches_eager_solver():
     for r, s in zip(split_result(res), split_result(ref)):
         assert r.history["step"] == s.history["step"]
         np.testing.assert_allclose(r.history["loss"], s.history["loss"], rtol=1e-3)
+
+
+# ------------------------------------------------------------------- grouped network (net_impl)
+@pytest.mark.parametrize("norm,bilinear,channels_last", [("batch", True, False), ("batch", True, True),
+                                                         ("batch", False, True), ("group", True, True),
+                                                         ("instance", False, False), ("none", True, True)])
+def test_grouped_forward_equals_vmap_outputs_and_gradients(norm, bilinear, channels_last):
+    """models.dip_unet.grouped_forward (B nets as one grouped net) = vmap over the B nets, outputs
+    and parameter gradients to float64 rounding, on an odd size (reflect padding)."""
+    from models.dip_unet import grouped_forward
+    from solvers.batched import BatchedDIPNets
+
+    nets = BatchedDIPNets({"channels": (4, 8, 8), "norm": norm, "bilinear": bilinear}, True, [0, 1, 2],
+                          dtype=torch.float64)
+    x = torch.randn(3, 2, 13, 11, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ref = nets(x)
+    got = grouped_forward(nets.base, nets.params, x, channels_last=channels_last)
+    assert got.shape == ref.shape == (3, 2, 13, 11)
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-13)
+    ps = list(nets.params.values())
+    g_ref = torch.autograd.grad(ref.square().sum(), ps)
+    g_got = torch.autograd.grad(got.square().sum(), ps)
+    for a, b in zip(g_got, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    # and network 1's output depends on network 1's parameters only
+    with torch.no_grad():
+        for v in nets.params.values():
+            v[0].mul_(1.5)
+    again = grouped_forward(nets.base, nets.params, x, channels_last=channels_last)
+    torch.testing.assert_close(again[1:], got[1:].detach(), rtol=1e-12, atol=1e-13)
+    assert not torch.allclose(again[0], got[0])
+
+
+def test_batched_solver_net_impls_agree_and_bad_value_fails():
+    ops, ys = _problem(torch.float64)
+    cfg = {k: v for k, v in _cfg().items() if not k.startswith(("t_", "purify"))}
+    outs = {impl: BatchedSeqDIP({**cfg, "perf": {"net_impl": impl}}, seeds=[0, 1])(torch.cat(ys), stack_physics(ops))
+            for impl in ("vmap", "grouped", "grouped_cl", "auto")}
+    for impl, r in outs.items():
+        rel = float((r.x_hat - outs["vmap"].x_hat).norm() / outs["vmap"].x_hat.norm())
+        assert rel < 1e-9, (impl, rel)
+    with pytest.raises(ValueError, match="net_impl"):
+        BatchedSeqDIP({**cfg, "perf": {"net_impl": "loops"}}, seeds=[0, 1])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("impl", ["grouped", "grouped_cl"])
+def test_grouped_nets_on_cuda_match_vmap(impl):
+    """The open question of AUTO_NET_IMPL: the grouped networks on CUDA against vmap on CUDA
+    (TF32 off, so both are float32), outputs, gradients and 3 Adam steps."""
+    from solvers.batched import BatchedDIPNets
+
+    old = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        x = torch.randn(2, 2, 64, 64, generator=torch.Generator().manual_seed(0)).cuda()
+        outs = {}
+        for name in ("vmap", impl):
+            with pytest.warns(UserWarning, match="not validated") if name != "vmap" else _no_warning():
+                nets = BatchedDIPNets({"channels": (32, 64, 128, 128)}, True, [0, 1], device="cuda", impl=name)
+            opt = StackedAdam(nets.parameters(), 2, lr=1e-3)
+            first = None
+            for _ in range(3):
+                opt.zero_grad()
+                out = nets(x)
+                first = out.detach().clone() if first is None else first
+                out.square().mean().backward()
+                opt.step()
+            outs[name] = (first, nets(x).detach())
+        (f0, l0), (f1, l1) = outs["vmap"], outs[impl]
+        assert float((f1 - f0).norm() / f0.norm()) < 1e-4
+        assert float((l1 - l0).norm() / l0.norm()) < 1e-2
+    finally:
+        torch.backends.cudnn.allow_tf32 = old
+
+
+def _no_warning():
+    import contextlib
+
+    return contextlib.nullcontext()
