@@ -313,7 +313,6 @@ def batched_dip_step_fn(A, y, device, net_cfg, B: int, bf16: bool, compile_: boo
     replayed from a CUDA graph when ``graph``; no host sync.  Returns the per-slice losses."""
     from solvers.batched import BatchedDIPNets, BatchedDIPStep, StackedAdam, stack_physics
     from solvers.common import initial_input
-    from utils.complex import from_channels, to_channels
 
     is_complex = bool(A.is_complex)
     Ab = stack_physics([_slice_physics(A, b % y.shape[0]) for b in range(B)])
@@ -321,15 +320,7 @@ def batched_dip_step_fn(A, y, device, net_cfg, B: int, bf16: bool, compile_: boo
     z = initial_input(yb, Ab, "input_image")
     nets = BatchedDIPNets(net_cfg, is_complex, list(range(B)), device=device, compile=compile_, impl=impl)
     opt = StackedAdam(nets.parameters(), B, lr=1e-4, capturable=graph)
-
-    def fwd(zz):
-        if not bf16:
-            return from_channels(nets(to_channels(zz)), is_complex)
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=False):
-            out = nets(to_channels(zz))
-        return from_channels(out.float(), is_complex)
-
-    stepper = BatchedDIPStep(fwd, opt, Ab, yb, lam, "mean", graph=graph)
+    stepper = BatchedDIPStep(lambda zz: nets.output(zz, is_complex, bf16), opt, Ab, yb, lam, "mean", graph=graph)
 
     def step():
         return stepper(z, z)[1]
@@ -535,6 +526,7 @@ def run(argv_flags=None) -> dict:
                 if F.graph_only and device.type == "cuda":
                     graphs = [True]
                 impls = [v.strip() for v in F.net_impls.split(",") if v.strip()]
+                base = None
                 for impl, graph, B in ((i, g, b) for i in impls for g in graphs for b in dip_bss):
                     base = None if B == dip_bss[0] else base
                     try:

@@ -210,6 +210,19 @@ class BatchedDIPNets:
             raise ValueError(f"BatchedDIPNets expects [B={self.batch}, C, H, W], got {tuple(x.shape)}")
         return self._fn(self.params, self.buffers, x)
 
+    def output(self, z: torch.Tensor, is_complex: bool, bf16: bool = False) -> torch.Tensor:
+        """The networks' images ``[B,H,W]`` (complex if ``is_complex``) for an image input ``[B,H,W]``
+        or a channel-packed one ``[B,C,H,W]``; ``bf16`` autocasts the networks (output cast back)."""
+        zc = to_channels(z) if z.ndim == 3 else z
+        if bf16:
+            # no autocast weight cache: a CUDA graph cannot capture it (and each weight is used once)
+            with torch.autocast(device_type=zc.device.type, dtype=torch.bfloat16, cache_enabled=False):
+                out = self(zc)
+            out = out.to(zc.dtype)
+        else:
+            out = self(zc)
+        return from_channels(out, is_complex)
+
     def parameters(self) -> list[torch.Tensor]:
         return list(self.params.values())
 
@@ -617,17 +630,6 @@ class BatchedUDiGDIP(UDiGDIP):
     def _use_graph(self, device: torch.device) -> bool:
         return graph_wanted(self.cfg.perf, device)
 
-    def _forward(self, nets: BatchedDIPNets, z: torch.Tensor, is_complex: bool, bf16: bool) -> torch.Tensor:
-        zc = to_channels(z) if z.ndim == 3 else z      # image [B,H,W] or channel-packed [B,C,H,W]
-        if bf16:
-            # no autocast weight cache: a CUDA graph cannot capture it (and each weight is used once)
-            with torch.autocast(device_type=zc.device.type, dtype=torch.bfloat16, cache_enabled=False):
-                out = nets(zc)
-            out = out.to(zc.dtype)
-        else:
-            out = nets(zc)
-        return from_channels(out, is_complex)
-
     def _purify_batch(self, x: torch.Tensor, k: int, gens, history: dict) -> torch.Tensor:
         c = self.cfg
         t_k = self.next_t(k, history)
@@ -679,7 +681,7 @@ class BatchedUDiGDIP(UDiGDIP):
             graph = self._use_graph(torch.device(device))
             opt = StackedAdam(nets.parameters(), B, lr=float(c.lr), betas=tuple(c.betas),
                               weight_decay=float(c.weight_decay), capturable=graph)
-            fwd = lambda zz: self._forward(nets, zz, is_complex, bf16)  # noqa: E731
+            fwd = lambda zz: nets.output(zz, is_complex, bf16)  # noqa: E731
             stepper = BatchedDIPStep(fwd, opt, physics, y, lam, red, graph=graph)
 
             def on_nan(bad: list[bool], step: int, snap: dict) -> None:
