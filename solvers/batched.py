@@ -358,7 +358,7 @@ class StackedAdam:
         if self.capturable:
             d_step = dst["step"] if dst is not None else self._step_t
             s_step = src["step"] if src is not None else self._step_t
-            d_step.index_copy_(0, ii.to(d_step.device), s_step.index_select(0, ii.to(s_step.device)))
+            d_step.index_copy_(0, ii, s_step.index_select(0, ii))
         else:
             d_step = dst["step"] if dst is not None else self._step_count
             s_step = src["step"] if src is not None else self._step_count
@@ -627,9 +627,6 @@ class BatchedUDiGDIP(UDiGDIP):
         p = self.cfg.perf
         return bool(p.bf16) and (device.type == "cuda" or bool(p.bf16_cpu))
 
-    def _use_graph(self, device: torch.device) -> bool:
-        return graph_wanted(self.cfg.perf, device)
-
     def _purify_batch(self, x: torch.Tensor, k: int, gens, history: dict) -> torch.Tensor:
         c = self.cfg
         t_k = self.next_t(k, history)
@@ -678,7 +675,7 @@ class BatchedUDiGDIP(UDiGDIP):
             nets = BatchedDIPNets(c.net, is_complex, self.seeds, device=device, dtype=dtype,
                                   in_channels=self._in_channels(), compile=bool(c.perf.compile),
                                   impl=resolve_net_impl(c.perf.net_impl, torch.device(device)))
-            graph = self._use_graph(torch.device(device))
+            graph = graph_wanted(c.perf, torch.device(device))
             opt = StackedAdam(nets.parameters(), B, lr=float(c.lr), betas=tuple(c.betas),
                               weight_decay=float(c.weight_decay), capturable=graph)
             fwd = lambda zz: nets.output(zz, is_complex, bf16)  # noqa: E731

@@ -5,6 +5,7 @@ Tiny problems only (≤ 16×16 images, small nets, few steps, one thread).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -647,7 +648,7 @@ def test_grouped_nets_on_cuda_match_vmap(impl):
         x = torch.randn(2, 2, 64, 64, generator=torch.Generator().manual_seed(0)).cuda()
         outs = {}
         for name in ("vmap", impl):
-            with pytest.warns(UserWarning, match="not validated") if name != "vmap" else _no_warning():
+            with pytest.warns(UserWarning, match="not validated") if name != "vmap" else contextlib.nullcontext():
                 nets = BatchedDIPNets({"channels": (32, 64, 128, 128)}, True, [0, 1], device="cuda", impl=name)
             opt = StackedAdam(nets.parameters(), 2, lr=1e-3)
             first = None
@@ -663,9 +664,3 @@ def test_grouped_nets_on_cuda_match_vmap(impl):
         assert float((l1 - l0).norm() / l0.norm()) < 1e-2
     finally:
         torch.backends.cudnn.allow_tf32 = old
-
-
-def _no_warning():
-    import contextlib
-
-    return contextlib.nullcontext()
