@@ -1,4 +1,4 @@
-"""Demo, CT only: shipped 64² head-CT held-out slices, shipped prior ``demo_ct_64``, 23 views.
+"""Demo, CT only: shipped 64² head-CT held-out slices, shipped prior ``demo_ct_64``, 16 views.
 Values: our choice (see configs/demo.py)."""
 from configs.demo import get_config as _demo
 
