@@ -352,10 +352,10 @@ def purify_fns(den_u, den_o, A, y, device):
     g = torch.Generator(device=device).manual_seed(0)
 
     def unopt():
-        return den_u.purify(x, 100, num_steps=1, generator=g).abs().sum()
+        return den_u.purify(x, 100, num_steps=1, noise=g).abs().sum()
 
     def opt():
-        return den_o.purify(x, 100, num_steps=1, generator=g)
+        return den_o.purify(x, 100, num_steps=1, noise=g)
 
     return unopt, opt
 

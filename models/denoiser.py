@@ -34,8 +34,9 @@ import torch
 from torch import nn
 
 from configs import priors as prior_configs
-from models.diffusion import DiffusionSchedule, randn_like, respaced_timesteps
+from models.diffusion import DiffusionSchedule, respaced_timesteps
 from utils.complex import from_channels, to_channels
+from utils.rng import NoiseStreams
 
 __all__ = ["Denoiser", "load_prior"]
 
@@ -128,15 +129,21 @@ class Denoiser(nn.Module):
         return self.schedule.tweedie_x0(x_t, self.eps(x_t, t), t)
 
     def purify(self, x: torch.Tensor, t_start: int, num_steps: int = 1, eta: float = 0.0,
-               generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
-               variant: str = "dds", grad: bool = False) -> torch.Tensor:
-        """Forward-noise ``x`` to ``t_start`` (with ``noise`` or noise from ``generator``) and
-        denoise: Tweedie for ``num_steps=1``, else DDS/DDIM (``eta``, ``variant``) over
-        ``respaced_timesteps(num_steps, T, t_start)`` down to 0, returning the final x̂₀."""
+               noise: NoiseStreams | torch.Generator | None = None, variant: str = "dds",
+               grad: bool = False) -> torch.Tensor:
+        """Forward-noise ``x`` ``[B,H,W]`` to ``t_start`` and denoise: Tweedie for ``num_steps=1``,
+        else DDS/DDIM (``eta``, ``variant``) over ``respaced_timesteps(num_steps, T, t_start)`` down
+        to 0, returning the final x̂₀.
+
+        ``noise`` is the source of every draw (the forward noise, then one draw per DDIM step when
+        ``eta > 0``): a :class:`utils.rng.NoiseStreams` (per-slice generators make slice ``b`` of a
+        batch equal a one-slice call with slice ``b``'s generator), a ``torch.Generator`` shared by
+        the batch, or ``None`` (torch's global generator)."""
         self._check_input(x)
+        noise = NoiseStreams.coerce(noise, x.device)
         ctx = contextlib.nullcontext() if grad else torch.no_grad()
         with ctx:
-            x_t = self.schedule.q_sample(x, t_start, noise=noise, generator=generator)
+            x_t = self.schedule.q_sample(x, t_start, noise=noise.like(x))
             steps = respaced_timesteps(num_steps, self.schedule.num_steps, t_start)
             x0 = x
             for i, t in enumerate(steps):
@@ -145,8 +152,8 @@ class Denoiser(nn.Module):
                 x0 = self.schedule.tweedie_x0(x_t, eps, t)
                 if t_next < 0:
                     break
-                x_t = self.schedule.ddim_step(x_t, x0, eps, t, t_next, eta=eta,
-                                              generator=generator, variant=variant)
+                z = noise.like(x0) if float(eta) > 0 else None
+                x_t = self.schedule.ddim_step(x_t, x0, eps, t, t_next, eta=eta, noise=z, variant=variant)
         return x0
 
 

@@ -27,17 +27,9 @@ from typing import Sequence
 
 import torch
 
+from utils.rng import randn_like  # noqa: F401  (re-exported: the diffusion maths draw with it)
+
 __all__ = ["DiffusionSchedule", "respaced_timesteps", "randn_like"]
-
-
-def randn_like(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Standard normal noise shaped like ``x``; complex ``x`` → real and imag parts each N(0,1)."""
-    if torch.is_complex(x):
-        real_dtype = x.real.dtype
-        re = torch.randn(x.shape, generator=generator, dtype=real_dtype, device=x.device)
-        im = torch.randn(x.shape, generator=generator, dtype=real_dtype, device=x.device)
-        return torch.complex(re, im)
-    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
 
 
 def respaced_timesteps(num_steps: int, T: int = 1000, t_start: int | None = None) -> list[int]:

@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 
@@ -46,3 +46,52 @@ def notify(callback: Optional[Callback], step: int, x_hat: torch.Tensor, info: d
     """Call ``callback`` (if any) with a detached copy of the estimate and ``x_gt`` in ``info``."""
     if callback is not None:
         callback(step, x_hat.detach(), {**info, "x_gt": x_gt})
+
+
+# ------------------------------------------------------------------ batches of slices
+def check_seeds(seeds: Optional[Sequence[int]]) -> Optional[list[int]]:
+    """``seeds`` as a non-empty list of ints (``None`` stays ``None``)."""
+    if seeds is None:
+        return None
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise ValueError("seeds must hold one seed per slice (got an empty list)")
+    return seeds
+
+
+def per_slice_callbacks(callback, B: int, seeds: Optional[list[int]] = None) -> Optional[list]:
+    """The per-slice callback list (``callback`` a list/tuple of ``B``), else ``None``; also checks
+    that ``seeds`` (if given) holds one seed per slice."""
+    if seeds is not None and len(seeds) != B:
+        raise ValueError(f"y has batch {B} but {len(seeds)} seeds were given (one per slice)")
+    if not isinstance(callback, (list, tuple)):
+        return None
+    if len(callback) != B:
+        raise ValueError(f"got {len(callback)} callbacks for {B} slices")
+    return list(callback)
+
+
+def slice_results(x: torch.Tensor, histories: list[dict], info: dict,
+                  seeds: Optional[list[int]]) -> list[Result]:
+    """One single-run-style :class:`Result` per slice (``x_hat`` ``[1,H,W]``)."""
+    base = {k: v for k, v in info.items() if k not in ("seeds", "slices")}
+    return [Result(x_hat=x[b:b + 1], history=histories[b],
+                   info={**base, "seed": seeds[b] if seeds is not None else info["seed"]})
+            for b in range(x.shape[0])]
+
+
+def notify_slices(callback, cbs: Optional[list], k: int, x: torch.Tensor, info: dict, per_info,
+                  x_gt: Optional[torch.Tensor]) -> None:
+    """Report step ``k``: the one ``callback`` with the whole batch and ``info`` (batch means), or,
+    with per-slice callbacks ``cbs``, callback ``b`` with slice ``b`` and ``per_info(b)``."""
+    if cbs is None:
+        notify(callback, k, x, info, x_gt)
+        return
+    for b, cb in enumerate(cbs):
+        notify(cb, k, x[b:b + 1].clone(), per_info(b), None if x_gt is None else x_gt[b:b + 1])
+
+
+def split_result(result: Result) -> list[Result]:
+    """Per-slice :class:`Result` s (``x_hat [1,H,W]``, one-slice-style ``history``/``info``) of a
+    solve over a batch of slices (every solver records them in ``info["slices"]``)."""
+    return list(result.info["slices"])

@@ -56,16 +56,16 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from models.diffusion import randn_like
 from models.dip_unet import build_dip_net
 from physics import finite_checks
-from solvers.base import Callback, Result
-from solvers.common import deterministic_mode, initial_input, make_generator, progress_bar
+from solvers.base import Callback, Result, split_result  # noqa: F401  (re-exported for callers)
+from solvers.common import deterministic_mode, initial_input, progress_bar
 from solvers.udig_dip import UDiGDIP, default_config as _udig_default_config, scaled_purify
 from utils.complex import from_channels, to_channels
+from utils.rng import NoiseStreams, make_generator
 
 __all__ = ["BatchedDIPNets", "StackedAdam", "BatchedUDiGDIP", "BatchedSeqDIP", "BatchedVanillaDIP", "split_result",
-           "stack_physics", "batched_purify"]
+           "stack_physics"]
 
 
 def _perf_defaults() -> dict:
@@ -413,47 +413,6 @@ def stack_physics(ops: Sequence[nn.Module]) -> nn.Module:
     return ops[0]
 
 
-# ------------------------------------------------------------------------------ purification
-def batched_purify(denoiser, x: torch.Tensor, t_start: int, generators: Sequence[torch.Generator],
-                   num_steps: int = 1, eta: float = 0.0, variant: str = "dds") -> torch.Tensor:
-    """``Denoiser.purify`` on a batch ``[B,H,W]`` with per-slice noise from ``generators[b]``.
-
-    The noise of slice ``b`` is drawn from its own generator in the same order as a single-slice
-    ``purify(x[b:b+1], generator=generators[b])`` (forward noise, then one draw per DDIM step
-    when ``eta > 0``), so the result matches one-at-a-time purification; the prior is called
-    once per reverse step on the whole batch.  A denoiser without ``schedule``/``eps`` (a
-    stand-in) is called slice by slice.
-    """
-    B = x.shape[0]
-    if len(generators) != B:
-        raise ValueError(f"need one generator per slice ({B}), got {len(generators)}")
-    sched = getattr(denoiser, "schedule", None)
-    if sched is None or not hasattr(denoiser, "eps"):
-        return torch.cat([denoiser.purify(x[b:b + 1], t_start, num_steps=num_steps, eta=eta,
-                                          generator=generators[b]) for b in range(B)])
-
-    def noise_like():
-        return torch.cat([randn_like(x[b:b + 1], g) for b, g in enumerate(generators)])
-
-    with torch.no_grad():
-        x_t = sched.q_sample(x, t_start, noise=noise_like())
-        steps = sched.timesteps(num_steps, t_start) if hasattr(sched, "timesteps") else None
-        if steps is None:
-            from models.diffusion import respaced_timesteps
-
-            steps = respaced_timesteps(num_steps, sched.num_steps, t_start)
-        x0 = x
-        for i, t in enumerate(steps):
-            t_next = steps[i + 1] if i + 1 < len(steps) else -1
-            eps = denoiser.eps(x_t, t)
-            x0 = sched.tweedie_x0(x_t, eps, t)
-            if t_next < 0:
-                break
-            noise = noise_like() if float(eta) > 0 else None
-            x_t = sched.ddim_step(x_t, x0, eps, t, t_next, eta=eta, noise=noise, variant=variant)
-    return x0
-
-
 # ------------------------------------------------------------------------------------ solver
 def _sq_per_slice(t: torch.Tensor, reduction: str) -> torch.Tensor:
     a = t.abs().square() if torch.is_complex(t) else t.square()
@@ -630,8 +589,9 @@ class BatchedUDiGDIP(UDiGDIP):
     def _purify_batch(self, x: torch.Tensor, k: int, gens, history: dict) -> torch.Tensor:
         c = self.cfg
         t_k = self.next_t(k, history)
-        return scaled_purify(lambda v: batched_purify(self.denoiser, v, t_k, gens, num_steps=int(c.reverse_steps),
-                                                      eta=float(c.eta)), x, bool(c.purify_normalize))
+        return scaled_purify(lambda v: self.denoiser.purify(v, t_k, num_steps=int(c.reverse_steps), eta=float(c.eta),
+                                                            noise=NoiseStreams(generators=gens)),
+                             x, bool(c.purify_normalize))
 
     # ------------------------------------------------------ hooks (overridden by BatchedVanillaDIP)
     def _initial_z(self, y: torch.Tensor, physics: nn.Module, gens) -> torch.Tensor:
@@ -858,11 +818,6 @@ class BatchedVanillaDIP(BatchedSeqDIP):
             r.info["config"] = cfg
             r.info.pop("t_schedule", None)
         return res
-
-
-def split_result(result: Result) -> list[Result]:
-    """Per-slice :class:`Result` s (``x_hat [1,H,W]``, single-run-style ``history``/``info``)."""
-    return list(result.info["slices"])
 
 
 def make_batched_solver(name: str, cfg=None, denoiser=None, seeds: Sequence[int] = (0,), device=None):

@@ -29,6 +29,7 @@ import torch.nn as nn
 
 from physics import finite_checks
 from utils.complex import from_channels, to_channels
+from utils.rng import make_generator  # noqa: F401  (the DIP solvers seed their streams with it)
 
 REDUCTIONS = ("mean", "sum")
 Z0_CHOICES = ("input_image", "adjoint", "fbp", "zeros")
@@ -89,13 +90,6 @@ def dip_common_defaults() -> dict:
 
 
 # ------------------------------------------------------------------------------------- helpers
-def make_generator(seed: int, device: torch.device | str) -> torch.Generator:
-    """A ``torch.Generator`` on ``device`` seeded with ``seed`` (all solver noise comes from it)."""
-    g = torch.Generator(device=torch.device(device))
-    g.manual_seed(int(seed))
-    return g
-
-
 @contextlib.contextmanager
 def deterministic_mode(enabled: bool = True):
     """Temporarily set ``cudnn.deterministic=True, cudnn.benchmark=False`` (restored on exit)."""

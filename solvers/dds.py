@@ -69,12 +69,14 @@ import ml_collections
 import torch
 from tqdm.auto import tqdm
 
-from models.diffusion import randn_like, respaced_timesteps
-from solvers.base import Callback, Result, check_measurements, notify
+from models.diffusion import respaced_timesteps
+from solvers.base import (Callback, Result, check_measurements, check_seeds, notify_slices, per_slice_callbacks,
+                          slice_results)
 from solvers.cg import batch_dot, conjugate_gradient
 from solvers.common import resolve_config
+from utils.rng import NoiseStreams
 
-__all__ = ["DDS", "default_config", "dds_timesteps", "NoiseStreams"]
+__all__ = ["DDS", "default_config", "dds_timesteps"]
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -124,11 +126,6 @@ def _schedule(denoiser):
     return schedule
 
 
-def _noise(shape, dtype: torch.dtype, device, generator) -> torch.Tensor:
-    """N(0, I) on the network representation (complex → real and imag parts each N(0, 1))."""
-    return randn_like(torch.empty(shape, dtype=dtype, device=device), generator)
-
-
 def _setup(y: torch.Tensor, physics, denoiser, device):
     """Validate inputs; return (y on device, image dtype, image shape [B,H,W], device)."""
     check_measurements(y)
@@ -148,78 +145,6 @@ def _setup(y: torch.Tensor, physics, denoiser, device):
         dtype = y.dtype
     H, W = physics.image_shape
     return y, dtype, (y.shape[0], int(H), int(W)), device, phys_complex
-
-
-class NoiseStreams:
-    """The sampler's N(0, I) draws: one generator seeded ``seed`` for the whole batch (``seeds``
-    ``None``), or one generator per slice seeded ``seeds[b]``, slice ``b``'s draws taken from its
-    own generator in the order (and with the shapes) of a single-slice run."""
-
-    def __init__(self, seed: int, seeds: Optional[Sequence[int]], device):
-        if seeds is None:
-            self.gens = None
-            self.gen = torch.Generator(device=device)
-            self.gen.manual_seed(int(seed))
-        else:
-            self.gens = []
-            for s in seeds:
-                g = torch.Generator(device=device)
-                g.manual_seed(int(s))
-                self.gens.append(g)
-
-    def draw(self, shape, dtype: torch.dtype, device) -> torch.Tensor:
-        """N(0, I) of ``shape`` ``[B, ...]`` (complex → independent real/imag parts)."""
-        if self.gens is None:
-            return _noise(shape, dtype, device, self.gen)
-        if shape[0] != len(self.gens):
-            raise ValueError(f"batch of {shape[0]} slices but {len(self.gens)} seeds")
-        one = (1,) + tuple(shape[1:])
-        return torch.cat([_noise(one, dtype, device, g) for g in self.gens])
-
-    def like(self, x: torch.Tensor) -> torch.Tensor:
-        return self.draw(x.shape, x.dtype, x.device)
-
-
-def check_seeds(seeds: Optional[Sequence[int]]) -> Optional[list[int]]:
-    """``seeds`` as a non-empty list of ints (``None`` stays ``None``)."""
-    if seeds is None:
-        return None
-    seeds = [int(s) for s in seeds]
-    if not seeds:
-        raise ValueError("seeds must hold one seed per slice (got an empty list)")
-    return seeds
-
-
-def per_slice_callbacks(callback, B: int, seeds: Optional[list[int]] = None) -> Optional[list]:
-    """The per-slice callback list (``callback`` a list/tuple of ``B``), else ``None``; also checks
-    that ``seeds`` (if given) holds one seed per slice."""
-    if seeds is not None and len(seeds) != B:
-        raise ValueError(f"y has batch {B} but {len(seeds)} seeds were given (one per slice)")
-    if not isinstance(callback, (list, tuple)):
-        return None
-    if len(callback) != B:
-        raise ValueError(f"got {len(callback)} callbacks for {B} slices")
-    return list(callback)
-
-
-def slice_results(x: torch.Tensor, histories: list[dict], info: dict,
-                  seeds: Optional[list[int]]) -> list[Result]:
-    """One single-run-style :class:`Result` per slice (``x_hat`` ``[1,H,W]``)."""
-    base = {k: v for k, v in info.items() if k not in ("seeds", "slices")}
-    return [Result(x_hat=x[b:b + 1], history=histories[b],
-                   info={**base, "seed": seeds[b] if seeds is not None else info["seed"]})
-            for b in range(x.shape[0])]
-
-
-def notify_slices(callback, cbs: Optional[list], k: int, x: torch.Tensor, info: dict, per_info,
-                  x_gt: Optional[torch.Tensor]) -> None:
-    """Report step ``k``: the one ``callback`` with the whole batch and ``info`` (batch means), or,
-    with per-slice callbacks ``cbs``, callback ``b`` with slice ``b`` and ``per_info(b)``."""
-    if cbs is None:
-        notify(callback, k, x, info, x_gt)
-        return
-    for b, cb in enumerate(cbs):
-        notify(cb, k, x[b:b + 1].clone(), per_info(b), None if x_gt is None else x_gt[b:b + 1])
 
 
 def sampler_result(method: str, x: torch.Tensor, history: dict, histories: list[dict], pairs, cfg,
@@ -300,7 +225,7 @@ class DDS:
         noise = NoiseStreams(self.seed, self.seeds, device)
 
         ATy = physics.adjoint(y)
-        x = noise.draw(shape, dtype, device)  # x_T ~ N(0, I)
+        x = noise.randn(shape, dtype, device)  # x_T ~ N(0, I)
         eta = float(cfg.eta)
         log_every = max(1, int(cfg.log_every))
         keys = ("step", "t", "residual", "residual_tweedie")

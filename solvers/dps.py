@@ -53,8 +53,9 @@ from tqdm.auto import tqdm
 from solvers.base import Callback, Result
 from solvers.cg import batch_dot
 from solvers.common import resolve_config
-from solvers.dds import (NoiseStreams, _schedule, _setup, check_seeds, dds_timesteps, notify_slices,
-                         per_slice_callbacks, sampler_result)
+from solvers.base import check_seeds, notify_slices, per_slice_callbacks
+from solvers.dds import _schedule, _setup, dds_timesteps, sampler_result
+from utils.rng import NoiseStreams
 
 __all__ = ["DPS", "default_config"]
 
@@ -110,7 +111,7 @@ class DPS:
         pairs = dds_timesteps(sched.num_steps, int(cfg.num_steps))
         noise = NoiseStreams(self.seed, self.seeds, device)
 
-        x = noise.draw(shape, dtype, device)
+        x = noise.randn(shape, dtype, device)
         eta, zeta = float(cfg.eta), float(cfg.zeta)
         log_every = max(1, int(cfg.log_every))
         ynorm = torch.sqrt(batch_dot(y, y)).clamp_min(torch.finfo(torch.float32).tiny)

@@ -11,7 +11,7 @@ Algorithm (``K`` outer iterations, ``N`` Adam steps each; ``f_θ`` = ``models/di
           z ← f_θ(z)            otherwise                               (aSeqDIP input update)
     return f_θ(z_K)                        (config ``output``)
 
-``DP(x, t) = denoiser.purify(x, t, num_steps=reverse_steps, eta=eta, generator=g)``: forward-noise
+``DP(x, t) = denoiser.purify(x, t, num_steps=reverse_steps, eta=eta, noise=g)``: forward-noise
 ``x`` to diffusion step ``t`` then denoise back to 0 (Tweedie for one step, DDIM otherwise;
 ``models/denoiser.py``).  ``t_k`` decreases over the purification iterations from ``t_start`` to
 ``t_end`` (``t_schedule`` = linear / cosine / geometric, see :func:`purification_timesteps`).
@@ -151,7 +151,7 @@ class UDiGDIP(DIPSolverBase):
         c = self.cfg
         t_k = self.next_t(k, history)
         return scaled_purify(lambda v: self.denoiser.purify(v, t_k, num_steps=int(c.reverse_steps),
-                                                            eta=float(c.eta), generator=generator),
+                                                            eta=float(c.eta), noise=generator),
                              x, bool(c.purify_normalize))
 
     # ------------------------------------------------------------------------------ the solver

@@ -175,12 +175,12 @@ def test_denoiser_oracle_purify_returns_image(sched, is_complex, learn_sigma):
     assert not any(p.requires_grad for p in den.parameters())
     g = torch.Generator().manual_seed(5)
     for t_start, steps, eta in [(200, 1, 0.0), (400, 5, 0.0), (400, 5, 0.85), (50, 3, 1.0)]:
-        out = den.purify(x, t_start, num_steps=steps, eta=eta, generator=g)
+        out = den.purify(x, t_start, num_steps=steps, eta=eta, noise=g)
         assert out.shape == x.shape and out.dtype == x.dtype
         assert (out - x).abs().max().item() <= 1e-4, (t_start, steps, eta)
     # the network sees raw integer step indices as float
     net.seen_t.clear()
-    den.purify(x, 400, num_steps=4, generator=g)
+    den.purify(x, 400, num_steps=4, noise=g)
     assert [int(t[0]) for t in net.seen_t] == respaced_timesteps(4, t_start=400)
     # forward (Tweedie) with a [B] tensor of timesteps
     eps = randn_like(x, g)
@@ -222,6 +222,6 @@ def test_denoiser_input_validation(sched):
 def test_denoiser_float64_input_keeps_dtype(sched):
     x = _image(True).to(torch.complex128)
     den = Denoiser(OracleEpsNet(to_channels(x), sched, True), sched, is_complex=True)
-    out = den.purify(x, 300, generator=torch.Generator().manual_seed(0))
+    out = den.purify(x, 300, noise=torch.Generator().manual_seed(0))
     assert out.dtype == torch.complex128
     assert (out - x).abs().max().item() < 1e-4

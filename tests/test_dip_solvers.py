@@ -22,6 +22,7 @@ from solvers.seqdip import SeqDIP
 from solvers.sgdip import SelfGuidedDIP
 from solvers.udig_dip import UDiGDIP, purification_timesteps, default_config as udig_defaults
 from utils.complex import to_channels
+from utils.rng import NoiseStreams
 
 SMALL_NET = {"channels": (8, 16, 16)}
 H = W = 24
@@ -110,10 +111,10 @@ class RecordingDenoiser:
     def __init__(self):
         self.calls = []
 
-    def purify(self, x, t_start, num_steps=1, eta=0.0, generator=None):
+    def purify(self, x, t_start, num_steps=1, eta=0.0, noise=None):
         self.calls.append((int(t_start), num_steps, eta))
         self.max_abs = float(x.abs().max())
-        n = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        n = NoiseStreams.coerce(noise, x.device).like(x)
         return 0.9 * x + 0.01 * n
 
 
@@ -396,7 +397,7 @@ def test_oracle_purification_beats_aseqdip():
     A, x, y = _mri_problem()
     den = _oracle_denoiser(x)
     # the real Denoiser.purify with the oracle ε-net returns the truth from any t
-    z = den.purify(A.input_image(y), 150, generator=torch.Generator().manual_seed(0))
+    z = den.purify(A.input_image(y), 150, noise=torch.Generator().manual_seed(0))
     assert _nmse(z, x) < 1e-8
     common = dict(num_outer=20, inner_steps=10, lam=1.0)
     r_seq = SeqDIP(_cfg("seq", **common), seed=0)(y, A)

@@ -23,12 +23,13 @@ import torch.nn as nn
 from models.denoiser import Denoiser
 from models.diffusion import DiffusionSchedule
 from physics.mri import MultiCoilMRI
-from solvers.batched import (BatchedSeqDIP, BatchedUDiGDIP, StackedAdam, batched_purify, split_result,
+from solvers.batched import (BatchedSeqDIP, BatchedUDiGDIP, StackedAdam, split_result,
                              stack_physics)
 from solvers.seqdip import SeqDIP
 from solvers.udig_dip import UDiGDIP
 import solvers.udig_dip as udig_mod
 from utils import distributed as D
+from utils.rng import NoiseStreams
 
 REPO = Path(__file__).resolve().parents[1]
 H = 16
@@ -199,9 +200,9 @@ def test_batched_purify_matches_single_purify_with_ddim_noise():
     den = Denoiser(_EpsNet(1, dtype), DiffusionSchedule(), is_complex=False, learn_sigma=False)
     x = torch.rand(3, H, H, dtype=dtype)
     gens = [torch.Generator().manual_seed(s) for s in (1, 2, 3)]
-    out = batched_purify(den, x, 200, gens, num_steps=3, eta=0.5)
+    out = den.purify(x, 200, num_steps=3, eta=0.5, noise=NoiseStreams(generators=gens))
     for b, s in enumerate((1, 2, 3)):
-        ref = den.purify(x[b:b + 1], 200, num_steps=3, eta=0.5, generator=torch.Generator().manual_seed(s))
+        ref = den.purify(x[b:b + 1], 200, num_steps=3, eta=0.5, noise=torch.Generator().manual_seed(s))
         torch.testing.assert_close(out[b:b + 1], ref, rtol=1e-10, atol=1e-12)
 
 
