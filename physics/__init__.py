@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import torch
 
@@ -61,6 +61,35 @@ def simulate_measurements(physics: torch.nn.Module, x: torch.Tensor, noise_sigma
             n = torch.randn(y.shape, generator=g, dtype=y.dtype)
         y = y + noise_sigma * n.to(device=y.device, dtype=y.dtype)
     return y
+
+
+def stack_physics(ops: Sequence[torch.nn.Module]) -> torch.nn.Module:
+    """One batched operator from ``B`` single-slice operators.
+
+    * ``MultiCoilMRI``: masks stacked to ``[B,H,W]``, coil maps to ``[B,C,H,W]`` (all slices must
+      have the same ``H, W`` and coil count);
+    * anything else (e.g. ``ParallelBeamCT``): the operators must be the same geometry (checked
+      by ``extra_repr``); the first one is returned, it acts slice-wise on a ``[B,...]`` batch.
+    """
+    ops = list(ops)
+    if not ops:
+        raise ValueError("stack_physics needs at least one operator")
+    from physics.mri import MultiCoilMRI
+
+    if all(isinstance(o, MultiCoilMRI) for o in ops):
+        masks = torch.stack([o.mask if o.mask.ndim == 2 else o.mask.reshape(o.mask.shape[-2:]) for o in ops])
+        maps = [o.sens_maps for o in ops]
+        if any(m is None for m in maps):
+            if not all(m is None for m in maps):
+                raise ValueError("stack_physics: mix of single-coil and multi-coil MRI operators")
+            return MultiCoilMRI(masks)
+        maps = torch.stack([m if m.ndim == 3 else m.reshape(m.shape[-3:]) for m in maps])
+        return MultiCoilMRI(masks, maps)
+    reprs = {(type(o).__name__, o.extra_repr()) for o in ops}
+    if len(reprs) != 1:
+        raise ValueError(f"stack_physics: operators differ ({sorted(reprs)}); only MRI operators "
+                         "can be stacked, other kinds must share one geometry")
+    return ops[0]
 
 
 @contextlib.contextmanager

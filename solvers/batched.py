@@ -57,7 +57,7 @@ import torch
 import torch.nn as nn
 
 from models.dip_unet import build_dip_net
-from physics import finite_checks
+from physics import finite_checks, stack_physics  # noqa: F401  (stack_physics re-exported for callers)
 from solvers.base import Callback, Result, split_result  # noqa: F401  (re-exported for callers)
 from solvers.common import deterministic_mode, initial_input, progress_bar
 from solvers.udig_dip import UDiGDIP, default_config as _udig_default_config, scaled_purify
@@ -381,36 +381,6 @@ class StackedAdam:
         idx = [b for b, bad in enumerate(mask) if bad]
         if idx:
             self._copy_slices(None, snap, idx)
-
-
-# ---------------------------------------------------------------------------------- physics
-def stack_physics(ops: Sequence[nn.Module]) -> nn.Module:
-    """One batched operator from ``B`` single-slice operators.
-
-    * ``MultiCoilMRI``: masks stacked to ``[B,H,W]``, coil maps to ``[B,C,H,W]`` (all slices must
-      have the same ``H, W`` and coil count);
-    * anything else (e.g. ``ParallelBeamCT``): the operators must be the same geometry (checked
-      by ``extra_repr``); the first one is returned, it acts slice-wise on a ``[B,...]`` batch.
-    """
-    ops = list(ops)
-    if not ops:
-        raise ValueError("stack_physics needs at least one operator")
-    from physics.mri import MultiCoilMRI
-
-    if all(isinstance(o, MultiCoilMRI) for o in ops):
-        masks = torch.stack([o.mask if o.mask.ndim == 2 else o.mask.reshape(o.mask.shape[-2:]) for o in ops])
-        maps = [o.sens_maps for o in ops]
-        if any(m is None for m in maps):
-            if not all(m is None for m in maps):
-                raise ValueError("stack_physics: mix of single-coil and multi-coil MRI operators")
-            return MultiCoilMRI(masks)
-        maps = torch.stack([m if m.ndim == 3 else m.reshape(m.shape[-3:]) for m in maps])
-        return MultiCoilMRI(masks, maps)
-    reprs = {(type(o).__name__, o.extra_repr()) for o in ops}
-    if len(reprs) != 1:
-        raise ValueError(f"stack_physics: operators differ ({sorted(reprs)}); only MRI operators "
-                         "can be stacked, other kinds must share one geometry")
-    return ops[0]
 
 
 # ------------------------------------------------------------------------------------ solver
