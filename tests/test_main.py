@@ -1,4 +1,4 @@
-"""End-to-end tests of ``main.py``: run folders, metrics, determinism, resume, error messages.
+"""End-to-end tests of ``main.py`` / ``run_lib.py``: run folders, metrics, determinism, resume, errors.
 
 ``main.py`` is driven as a subprocess (``python main.py ...``) so absl flag state never leaks
 between tests.  Every run is tiny (64² shipped samples, shipped demo priors, 2 outer uDiG-DIP
@@ -280,7 +280,7 @@ def _tiny_solver(cfg, name, denoiser):
                                       ("udigdip", "SV-CT")])
 def test_reconstruction_independent_of_ground_truth(priors, name, deg):
     from physics import modality_of
-    from utils.logging import MetricsCallback
+    from utils.run_log import MetricsCallback
 
     cfg, physics, x_ref, y = _problem(deg)
     den = priors[modality_of(deg)]
@@ -679,7 +679,7 @@ def test_bad_batch_size_clear_error(bad_batch_runs, case):
 # ------------------------------------------------------------- 7. CUDA graphs (config.perf.cuda_graph)
 _ROUTING_SCRIPT = r"""
 import ml_collections
-import main as M
+import run_lib as M
 from solvers.batched import parse_graph_mode
 
 calls = []
@@ -711,9 +711,9 @@ print("ROUTING OK")
 
 
 def test_cuda_graph_routing_sends_single_slices_to_the_batched_solver():
-    """Where CUDA graphs apply (``main.graph_path``; "auto" = CUDA only), udigdip/aseqdip/dip go
+    """Where CUDA graphs apply (``run_lib.graph_path``; "auto" = CUDA only), udigdip/aseqdip/dip go
     through the batched solver even for a chunk of one slice; other solvers, and every solver
-    without graphs, one at a time.  (A subprocess: main's absl flags must not meet train's.)"""
+    without graphs, one at a time.  (A subprocess, so no module state leaks into other tests.)"""
     out = subprocess.run([PY, "-c", _ROUTING_SCRIPT], cwd=ROOT, env=_env(), capture_output=True, text=True,
                          timeout=300)
     assert out.returncode == 0 and "ROUTING OK" in out.stdout, out.stdout[-2000:] + out.stderr[-3000:]
