@@ -17,7 +17,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 import matplotlib
 
-if "matplotlib.pyplot" not in sys.modules:  # never switch an interactive session's backend
+if "matplotlib.pyplot" not in sys.modules:  # never switch the backend of an interactive pyplot
     matplotlib.use("Agg")
 from matplotlib.figure import Figure  # noqa: E402
 
