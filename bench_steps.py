@@ -213,7 +213,8 @@ def batched_dip_step_fn(A, y, device, net_cfg, B: int, bf16: bool, compile_: boo
     """One optimiser step of ``B`` independent DIP nets on slices ``y[:B]`` — the solvers' own
     step (``solvers.batched.BatchedDIPStep``: one vmapped forward/backward, :class:`StackedAdam`),
     replayed from a CUDA graph when ``graph``; no host sync.  Returns the per-slice losses."""
-    from solvers.batched import BatchedDIPNets, BatchedDIPStep, StackedAdam, stack_physics
+    from physics import stack_physics
+    from solvers.batched import BatchedDIPNets, BatchedDIPStep, StackedAdam
     from solvers.common import initial_input
 
     is_complex = bool(A.is_complex)

@@ -37,7 +37,8 @@ from tqdm import tqdm
 
 import solvers
 from configs.base import solver_config_for
-from physics import make_physics, modality_of, simulate_measurements
+from physics import make_physics, modality_of, simulate_measurements, stack_physics
+from solvers.base import split_result
 from utils.data import load_dataset
 from utils.distributed import device_for, dist_info, finish, init_distributed, shard, shared_run_dir
 from utils.fileio import to_jsonable
@@ -353,8 +354,6 @@ def _stackable(jobs: list[SliceJob]) -> bool:
 def solve_batch(cfg, jobs: list[SliceJob], name, denoiser, device, rd) -> None:
     """Reconstruct ``jobs`` with ONE batched solve of ``name`` and save each slice as
     :func:`solve_one` would; slices that cannot be stacked run one at a time."""
-    from solvers.batched import split_result, stack_physics
-
     physics = None
     if _stackable(jobs):
         try:
