@@ -67,7 +67,7 @@ def define_flags() -> None:
     flags.DEFINE_string("modalities", "MRI,CT", "Comma list: MRI, CT.")
     flags.DEFINE_string("out", "exp/bench.json", "Output JSON path.")
     flags.DEFINE_string("prior", "demo", "'demo' (demo_mri_64 / demo_ct_64), 'untrained', or 'MRI_NAME,CT_NAME' "
-                        "(configs/priors.py names or checkpoint paths).")
+                        "(prior registry names or checkpoint paths).")
     flags.DEFINE_float("peak_tflops", None, "Peak TFLOP/s for MFU (default: 989 on an H100/H200, else unset).")
     flags.DEFINE_boolean("compile", False, "torch.compile the networks in the optimised variant (timing only: "
                          "outputs are not checked; the batched nets refuse compile on CUDA, see solvers.batched).")
@@ -226,9 +226,10 @@ def make_problem(modality: str, size: int, device: torch.device, seed: int = 0, 
 
 def load_bench_prior(modality: str, device: torch.device, spec: str) -> tuple[Any, dict]:
     """The prior and a description of where it came from (untrained fallback on failure)."""
-    from configs import priors as prior_configs
+    from models import priors as prior_configs
     from models.adm_unet import create_adm_model
-    from models.denoiser import Denoiser, load_prior
+    from models.denoiser import Denoiser
+    from models.priors import load_prior
     from models.diffusion import DiffusionSchedule
 
     demo = {"MRI": "demo_mri_64", "CT": "demo_ct_64"}[modality]

@@ -12,9 +12,10 @@ import torch
 
 from models.diffusion import DiffusionSchedule
 from solvers.cg import batch_dot, conjugate_gradient
-from solvers.dds import DDS, dds_timesteps
+from solvers.dds import DDS
 from solvers.dds import default_config as dds_config
 from solvers.dps import DPS
+from solvers.sampling import dds_timesteps
 
 H = W = 32
 
@@ -215,7 +216,8 @@ def test_dds_data_consistency_reduces_residual(mode):
     x_true = _complex_image(B=2)
     op = MaskedFFT(_mask())
     y = op(x_true)
-    dds = DDS(_quiet(nfe=5, log_every=1, dc_mode=mode), GaussianDenoiser(True), seed=0)
+    # γ = 5: the proximal step leaves ‖A x − y‖ ≤ ‖A x̂₀ − y‖/(1+γ) on this single-coil mask
+    dds = DDS(_quiet(nfe=5, log_every=1, dc_mode=mode, gamma=5.0), GaussianDenoiser(True), seed=0)
     # direct: one DC step on a wrong image
     x0 = torch.zeros_like(x_true)
     r_before = (op(x0) - y).abs().norm()
@@ -267,6 +269,12 @@ def test_bad_config_and_mismatched_prior():
     with pytest.raises(ValueError, match="is_complex"):
         DDS(_quiet(nfe=2), GaussianDenoiser(False))(op(_complex_image(B=1)), op)
     assert dds_config().nfe == 50 and dds_config().eta == 0.85 and dds_config().num_cg == 5
+    # DDS's --gamma default is 1.0, on its own operator scale
+    assert dds_config().gamma == 1.0 and dds_config().gamma_scale == "dds"
+    with pytest.raises(ValueError, match="gamma_scale"):
+        DDS({"gamma_scale": "foo"}, GaussianDenoiser(True))
+    with pytest.raises(ValueError, match="needs a denoiser"):
+        DPS(_quiet(num_steps=2))
 
 
 # ----------------------------------------------------------------------------- DPS
@@ -315,7 +323,7 @@ def _real_prior(name):
     path = os.path.join(_REF, name)
     if not os.path.exists(path):
         pytest.skip(f"{path} not available")
-    from models.denoiser import load_prior
+    from models.priors import load_prior
     return load_prior(path)
 
 
@@ -401,7 +409,8 @@ def _rel(a, b):
 def test_seeded_batch_equals_single_runs(name, cplx):
     """Slice b of a batch with seeds [5, 6, 7] = a single run with seed 5 / 6 / 7 (float64, the
     prior called on the whole batch); per-slice callbacks and Results match the single runs'."""
-    from solvers.batched import make_batched_solver, split_result
+    import solvers
+    from solvers.base import split_result
 
     x, y, op, singles = _batch_problem(cplx)
     den = ConvDenoiser(cplx)
@@ -411,7 +420,7 @@ def test_seeded_batch_equals_single_runs(name, cplx):
     seeds = [5, 6, 7]
     seen = [[] for _ in seeds]
     cbs = [lambda k, xk, info, b=b: seen[b].append((k, xk, info)) for b in range(3)]
-    solver = make_batched_solver(name, cfg, den, seeds=seeds)
+    solver = solvers.make_solver(name, cfg, den, seeds=seeds)
     assert isinstance(solver, cls) and solver.seeds == seeds
     res = solver(y, op, x_gt=x, callback=cbs)
     parts = split_result(res)
@@ -437,10 +446,16 @@ def test_seeded_batch_equals_single_runs(name, cplx):
     # the batch-mean history is still there, and the per-slice residuals differ between slices
     assert res.history["residual"][-1] == pytest.approx(
         sum(p.history["residual"][-1] for p in parts) / 3, rel=1e-12)
-    # without seeds the slices share one stream: slice 1 is not the seed-6 single run
+    # without seeds every slice uses `seed`: slice 1 is not the seed-6 single run, but it is the
+    # one-slice run of slice 1 with seed 5, whatever its batch mates
     shared = cls(cfg, den, seed=5)(y, op)
     assert torch.equal(shared.x_hat[0:1], cls(cfg, den, seed=5)(y, op).x_hat[0:1])
     assert _rel(shared.x_hat[1:2], res.x_hat[1:2]) > 1e-3
+    assert shared.info["seed"] == 5 and "seeds" not in shared.info
+    for b in range(3):
+        one = cls(cfg, den, seed=5)(y[b:b + 1], singles[b])
+        assert _rel(shared.x_hat[b:b + 1], one.x_hat) < 1e-10, b
+        assert split_result(shared)[b].info["seed"] == 5
 
 
 def test_seeded_float32_batch_matches_single_runs():
