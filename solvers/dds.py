@@ -7,18 +7,20 @@ the config and ``y``. One reverse step ``t → t'`` (grid of :func:`solvers.samp
 coefficients, not the DDIM paper's σ). The step to ``t' = 0`` returns ``x̂₀'`` without noise and
 the last step ``(0, −1)`` returns the final ``x̂₀'``, as DDS's ``solver_2d.py`` does.
 
-Data consistency (``num_cg`` CG iterations, default 5, started at ``x̂₀``; :func:`data_consistency`)
+Data consistency (``num_cg`` CG iterations, default 5, started at ``x̂₀``; :meth:`DDS.data_consistency`)
 
 * ``dc_mode = "proximal"`` (default): solve ``(I + γ′AᴴA) x = x̂₀ + γ′Aᴴy``, the proximal step
-  ``argmin_x ‖x − x̂₀‖² + γ′‖Ax − y‖²``: DDS's branch for noisy data (``--sigma_y > 0``), and the
-  one that runs for MRI (see below).
+  ``argmin_x ‖x − x̂₀‖² + γ′‖Ax − y‖²``: DDS's ``--sigma_y > 0`` branch, the one its evaluation
+  scripts run for MRI and CT (``eval_MRI_multi.sh`` / ``eval_SVCT_2d.sh`` pass ``--sigma_y 0.01``,
+  which in ``solver_2d.py`` only selects this branch: no noise is added to ``y`` there).
 * ``dc_mode = "krylov"``: CG on the normal equations ``AᴴA x = Aᴴy`` from ``x̂₀`` (no γ), so the
   iterate stays in ``x̂₀ + Krylov(AᴴA, Aᴴy − AᴴA x̂₀)`` (the paper's "Krylov subspace around the
   clean manifold"). It **assumes noiseless measurements**: it fits ``y`` as closely as ``num_cg``
-  iterations allow, noise included. It is DDS's default CT branch (``--sigma_y 0``). DDS's MRI
-  code has the same branch, but it does not run: it turns the complex ``Aᴴy`` into an empty tensor
-  (``real_to_nchw_comp`` of a 1-channel complex image) and the CG crashes on the first operator
-  call, so every published DDS MRI run used the proximal branch.
+  iterations allow, noise included. It is the branch DDS's code takes by default (``--sigma_y
+  0``) for CT. DDS's
+  multi-coil MRI code has the same branch, but it does not run: it turns the complex ``Aᴴy`` into
+  an empty tensor (``real_to_nchw_comp`` of a 1-channel complex image) and its CG fails on the
+  first operator call, so DDS's multi-coil MRI results come from the proximal branch.
 
 The weight γ (``gamma``; default 1.0 = DDS's ``--gamma`` default) is on **DDS's scale**
 (``gamma_scale = "dds"``): γ′ = γ·w with ``w`` the factor DDS's own ``AT`` carries relative to the
@@ -36,12 +38,15 @@ the complex ``γ·Aᴴy``, which broadcasts ``γAᴴy`` into *both* channels, so
 which is not the conjugate-gradient method for a complex Hermitian system. Ours is the proximal
 step written above, solved by true CG. ``compat = True`` reproduces DDS's arithmetic instead (for
 matching published numbers): the ``(1+i)`` right-hand side for complex images, unconjugated CG
-products, and DDS's absolute CG stop ``‖r‖ < 1e-5``; ``compat`` with ``dc_mode="krylov"`` is
-refused for MRI (DDS's branch does not run).
+products, and DDS's absolute CG stop ``‖r‖ < 1e-5`` (with the same prior, x_T and noise, a compat
+run follows DDS's multi-coil MRI loop to float32 rounding); ``compat`` with ``dc_mode="krylov"``
+is refused for MRI (DDS's branch does not run).
 
 Noise: ``x_T`` and every ``z`` come from per-slice generators seeded at the start of each call
 (``seeds[b]``, or ``seed`` for every slice), complex images with N(0, 1) real and imaginary parts
-(DDS draws on the 2-channel network representation). Batches, logging and the ``Result`` follow
+(DDS draws on the 2-channel network representation; our draws equal a contiguous ``randn`` of that
+tensor, while DDS's ``randn_like`` of a permuted view, and its CUDA generator, give other streams:
+same distribution, not the same draws). Batches, logging and the ``Result`` follow
 :mod:`solvers.dm_common`; logged values: ``residual`` = ``‖A x̂₀' − y‖/‖y‖`` (after DC) and
 ``residual_tweedie`` = the same for ``x̂₀``; callbacks receive ``x̂₀'``. CG takes every inner
 product per slice and its tolerance exit freezes converged slices, so batch mates do not interact.
@@ -57,9 +62,9 @@ import torch
 from physics.ct import ParallelBeamCT
 from solvers.cg import conjugate_gradient
 from solvers.dm_common import DMSolver, relative_residual
-from solvers.sampling import dds_timesteps, sample_dds
+from solvers.sampling import sample_dds
 
-__all__ = ["DDS", "default_config", "dds_timesteps", "gamma_weight", "DDS_CG_ATOL"]
+__all__ = ["DDS", "default_config", "gamma_weight", "DDS_CG_ATOL"]
 
 #: DDS's absolute CG stopping tolerance (``utils.CG(..., eps=1e-5)`` in its code); ``compat`` only.
 DDS_CG_ATOL = 1e-5
@@ -76,9 +81,9 @@ def default_config() -> ml_collections.ConfigDict:
     cfg.num_cg = 5
     # Relative tolerance of the inner CG (0 = always run num_cg iterations). Our knob.
     cfg.cg_tol = 0.0
-    # "proximal": (I + γ′AᴴA)x = x̂₀ + γ′Aᴴy (DDS's noisy-data branch, the one its MRI code runs);
-    # "krylov": CG on AᴴA x = Aᴴy from x̂₀, noiseless data only (DDS's default CT branch).
-    # Default "proximal": our choice (robust to measurement noise).
+    # "proximal": (I + γ′AᴴA)x = x̂₀ + γ′Aᴴy (DDS's --sigma_y > 0 branch, the one its evaluation
+    # scripts run for MRI and CT); "krylov": CG on AᴴA x = Aᴴy from x̂₀, noiseless data only
+    # (DDS's --sigma_y 0 branch; it runs for CT only).
     cfg.dc_mode = "proximal"
     # Proximal weight γ on DDS's scale; DDS default (--gamma 1.0). Unused for "krylov".
     cfg.gamma = 1.0
@@ -127,7 +132,9 @@ class DDS(DMSolver):
     def data_consistency(self, x0_hat: torch.Tensor, y: torch.Tensor, physics,
                          ATy: Optional[torch.Tensor] = None) -> torch.Tensor:
         """x̂₀' = ``num_cg`` CG iterations on the configured system, started at ``x0_hat``
-        ``[B,H,W]`` (``ATy`` = ``physics.adjoint(y)`` if already computed)."""
+        ``[B,H,W]`` (``ATy`` = ``physics.adjoint(y)`` if already computed): the proximal system
+        ``(I + γ′AᴴA) x = x̂₀ + γ′Aᴴy``, or for ``dc_mode="krylov"`` the normal equations
+        ``AᴴA x = Aᴴy``, which assume **noiseless** ``y`` (they fit the noise too)."""
         cfg = self.cfg
         if ATy is None:
             ATy = physics.adjoint(y)

@@ -15,9 +15,9 @@ import torch
 from solvers.cg import bilinear_dot, conjugate_gradient
 from solvers.dds import DDS, DDS_CG_ATOL, gamma_weight
 from solvers.sampling import dds_timesteps, sample_dds, sample_dps
+from tests.dm_standins import MaskedFFT      # single-coil masked unitary FFT: A Aᴴ = I on the data
 from tests.gaussian_prior import (ZeroNoise, gaussian_denoiser, mean_start, posterior_mean_noiseless,
                                   tweedie_gain)
-from tests.test_dm_baselines import MaskedFFT      # single-coil masked unitary FFT: A Aᴴ = I on the data
 from utils.rng import NoiseStreams
 
 H = W = 16
