@@ -69,7 +69,7 @@ def define_flags() -> None:
     flags.DEFINE_string("modalities", "MRI,CT", "Comma list: MRI, CT.")
     flags.DEFINE_string("out", "exp/bench.json", "Output JSON path.")
     flags.DEFINE_string("prior", "demo", "'demo' (demo_mri_64 / demo_ct_64), 'untrained', or 'MRI_NAME,CT_NAME' "
-                        "(configs/priors.py names or checkpoint paths).")
+                        "(prior registry names or checkpoint paths).")
     flags.DEFINE_float("peak_tflops", None, "Peak TFLOP/s for MFU (default: 989 on an H100/H200, else unset).")
     flags.DEFINE_boolean("compile", False, "torch.compile the networks in the optimised variant (timing only: "
                          "outputs are not checked; the batched nets refuse compile on CUDA, see solvers.batched).")

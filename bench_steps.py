@@ -46,9 +46,10 @@ def make_problem(modality: str, size: int, device: torch.device, seed: int = 0, 
 
 def load_bench_prior(modality: str, device: torch.device, spec: str) -> tuple[Any, dict]:
     """The prior and a description of where it came from (untrained fallback on failure)."""
-    from configs import priors as prior_configs
+    from models import priors as prior_configs
     from models.adm_unet import create_adm_model
-    from models.denoiser import Denoiser, load_prior
+    from models.denoiser import Denoiser
+    from models.priors import load_prior
     from models.diffusion import DiffusionSchedule
 
     demo = {"MRI": "demo_mri_64", "CT": "demo_ct_64"}[modality]

@@ -188,7 +188,7 @@ def load_samples(cfg, modality: str):
 def load_denoiser(cfg, modality: str, device: torch.device, single_modality: bool):
     """The frozen diffusion prior of this modality (``models.denoiser.load_prior``)."""
     from models.checkpoint import CheckpointMismatchError, CorruptCheckpointError
-    from models.denoiser import load_prior
+    from models.priors import load_prior
 
     name = cfg.prior.mri if modality == "MRI" else cfg.prior.ct
     ckpt = cfg.prior.ckpt or None

@@ -59,7 +59,7 @@ def get_base_config():
     c.physics.noise_sigma = 0.0
 
     c.prior = ml_collections.ConfigDict()
-    c.prior.mri = "demo_mri_64"     # a registered prior name (configs/priors.py)
+    c.prior.mri = "demo_mri_64"     # models/priors.py registry name
     c.prior.ct = "demo_ct_64"
     c.prior.ckpt = ""               # override the checkpoint file (single-modality runs)
     c.prior.bf16 = False            # bf16 autocast for the prior

@@ -1,12 +1,12 @@
 """Training configs for the small shipped diffusion priors (``train.py``).
 
 ``--config=configs/train_prior.py:ct`` or ``:mri``.  The model hyper-parameters are those of the
-registry entries ``demo_ct_64`` / ``demo_mri_64`` in ``configs/priors.py`` (one source of truth);
+registry entries ``demo_ct_64`` / ``demo_mri_64`` in ``models/prior_registry.py`` (one source of truth);
 everything here is our choice (sized to train on 2 CPU cores in under an hour), not the paper's.
 """
 import ml_collections
 
-from configs.priors import get_prior_config
+from models.priors import get_prior_config
 
 
 def get_config(modality: str = "ct"):

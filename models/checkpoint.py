@@ -32,7 +32,7 @@ from typing import Any, Mapping
 
 import torch
 
-from configs import priors as prior_configs
+from models import prior_registry as registry
 
 __all__ = [
     "CorruptCheckpointError", "CheckpointMismatchError", "read_checkpoint", "unwrap_state_dict",
@@ -64,20 +64,6 @@ def _fmt_bytes(n: int | None) -> str:
     return f"{n} bytes"
 
 
-def _known_prior_for(path: Path):
-    """The prior config whose file name matches ``path`` (also via the sibling names)."""
-    try:
-        return prior_configs.get_prior_config(path.name)
-    except KeyError:
-        pass
-    for name in prior_configs.list_priors():
-        cfg = prior_configs.PRIORS[name]
-        names = {Path(cfg.checkpoint).name, *list(cfg.alt_names)}
-        if path.name in names:
-            return prior_configs.get_prior_config(name)
-    return None
-
-
 def candidate_paths(path: str | os.PathLike) -> list[Path]:
     """Sibling names under which the same file circulates: ``.pt``↔``.pth``,
     ``brain``↔``knee`` (the DDS README saves the knee model as ``fastmri_brain_…``)."""
@@ -98,7 +84,7 @@ def candidate_paths(path: str | os.PathLike) -> list[Path]:
 
 
 def _missing_file_error(path: Path) -> FileNotFoundError:
-    prior = _known_prior_for(path)
+    prior = registry.prior_for_file(path)
     size = None
     if prior is not None and prior.num_params is not None:
         size = 4 * int(prior.num_params)
@@ -116,7 +102,7 @@ def _missing_file_error(path: Path) -> FileNotFoundError:
         f"Expected {what}.\n"
         f"Download it and put it in `checkpoints/` (e.g. `{default}`), or pass its location with "
         f"`--ckpt=/path/to/{path.name}`.\n"
-        f"The README section \"{prior_configs.README_SECTION}\" has the download links and "
+        f"The README section \"{registry.README_SECTION}\" has the download links and "
         f"explains the naming confusion: the DDS code uses `AAPM256_1M.pt` and "
         f"`fastmri_knee_320_complex_1m.pt`, its README says `.pth` and "
         f"`fastmri_brain_320_complex_1m.pth` — they are the same files.\n"
@@ -150,7 +136,7 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
         # (UnpicklingError, EOFError, BadZipFile, RuntimeError, but also IndexError / KeyError /
         # UnicodeDecodeError on random bytes): every failure to read the file is reported the same way
         on_disk = path.stat().st_size
-        prior = _known_prior_for(path)
+        prior = registry.prior_for_file(path)
         expected = (f"; expected ≈{_fmt_bytes(4 * int(prior.num_params))}"
                     if prior is not None and prior.num_params else "")
         weights_only_hint = ""
@@ -161,7 +147,7 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
             f"Checkpoint {path} is incomplete or corrupt ({on_disk:,} bytes on disk = "
             f"{_fmt_bytes(on_disk)}{expected}){weights_only_hint}. It could not be read by "
             f"torch.load: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}\n"
-            f"Re-download it (see the README section \"{prior_configs.README_SECTION}\")."
+            f"Re-download it (see the README section \"{registry.README_SECTION}\")."
         ) from err
 
 
@@ -211,11 +197,11 @@ def load_state_dict_file(path: str | os.PathLike, prefer_ema: bool = True
 
 # --------------------------------------------------------------------------- model building
 def build_adm_model(cfg: Any, device: str | torch.device | None = None):
-    """``create_adm_model`` on the normalised config (see ``configs.priors.model_kwargs``);
+    """``create_adm_model`` on the normalised config (see ``models.priors.model_kwargs``);
     ``device="meta"`` builds a shape-only model."""
     from models.adm_unet import create_adm_model
 
-    kwargs = prior_configs.model_kwargs(cfg)
+    kwargs = registry.model_kwargs(cfg)
     if device is None:
         return create_adm_model(kwargs)
     with torch.device(device):
@@ -238,9 +224,9 @@ def guess_prior_config(sd: Mapping[str, torch.Tensor]) -> tuple[str | None, str]
     if last is not None and len(last) == 4:
         desc.append(f"out_channels={last[0]}")
     best, best_score, exact = None, -1.0, None
-    for name in prior_configs.list_priors():
+    for name in registry.list_priors():
         try:
-            ref = _signature(build_adm_model(prior_configs.PRIORS[name], device="meta").state_dict())
+            ref = _signature(build_adm_model(registry.PRIORS[name], device="meta").state_dict())
         except Exception:  # adm_unet missing or config rejected: fall back to the header
             continue
         common = sum(1 for k, s in sig.items() if ref.get(k) == s)
@@ -252,7 +238,7 @@ def guess_prior_config(sd: Mapping[str, torch.Tensor]) -> tuple[str | None, str]
     text = "; ".join(desc)
     if exact is not None:
         return exact, (f"the file ({text}) matches the known prior config '{exact}' exactly — "
-                       f"use configs.priors.get_prior_config('{exact}') (prior name '{exact}')")
+                       f"use models.priors.get_prior_config('{exact}') (prior name '{exact}')")
     if best is not None:
         return None, (f"the file ({text}) matches no known prior config exactly; closest is "
                       f"'{best}' ({100 * best_score:.0f}% of tensors agree in name and shape). "
@@ -282,7 +268,7 @@ def _check_compat(model: torch.nn.Module, sd: Mapping[str, torch.Tensor], cfg: A
                      f"{min(n, len(shape))}): "
                      + ", ".join(f"{k}: {a} vs {b}" for k, a, b in shape[:n]))
     try:
-        kw = prior_configs.model_kwargs(cfg)
+        kw = registry.model_kwargs(cfg)
         lines.append(f"  config used: {kw}")
     except Exception:
         pass
@@ -313,13 +299,13 @@ def model_from_checkpoint(obj: Any, cfg: Any, path: str | os.PathLike = "<checkp
     if cfg is None:
         cfg = obj.get("config") if isinstance(obj, Mapping) else None
         if cfg is None:
-            prior = _known_prior_for(Path(path))
+            prior = registry.prior_for_file(Path(path))
             if prior is None:
                 raise ValueError(f"{path} stores no config and its name matches no known prior: "
-                                 f"pass cfg (one of {prior_configs.list_priors()} or a dict)")
+                                 f"pass cfg (one of {registry.list_priors()} or a dict)")
             cfg = prior
     elif isinstance(cfg, str):
-        cfg = prior_configs.get_prior_config(cfg)
+        cfg = registry.get_prior_config(cfg)
     try:
         sd = unwrap_state_dict(obj, prefer_ema)
     except ValueError as err:

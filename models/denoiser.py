@@ -1,4 +1,5 @@
-"""Frozen diffusion denoiser wrapping an ADM ``UNetModel`` for ``[B,H,W]`` images.
+"""Frozen diffusion denoiser wrapping an ADM ``UNetModel`` for ``[B,H,W]`` images
+(built from a registry name or a checkpoint file by :func:`models.priors.load_prior`).
 
 Data convention (as DDS; nothing is rescaled here):
 
@@ -25,20 +26,15 @@ needed; ``purify`` runs under ``torch.no_grad()`` unless ``grad=True``.
 from __future__ import annotations
 
 import contextlib
-import os
-import warnings
-from pathlib import Path
-from typing import Any, Mapping
 
 import torch
 from torch import nn
 
-from configs import priors as prior_configs
 from models.diffusion import DiffusionSchedule, respaced_timesteps
 from utils.complex import from_channels, to_channels
 from utils.rng import NoiseStreams
 
-__all__ = ["Denoiser", "load_prior"]
+__all__ = ["Denoiser"]
 
 
 class Denoiser(nn.Module):
@@ -155,64 +151,3 @@ class Denoiser(nn.Module):
                 z = noise.like(x0) if float(eta) > 0 else None
                 x_t = self.schedule.ddim_step(x_t, x0, eps, t, t_next, eta=eta, noise=z, variant=variant)
         return x0
-
-
-# --------------------------------------------------------------------------- loading
-def _resolve_repo_path(p: str | os.PathLike) -> Path:
-    p = Path(p)
-    if p.is_absolute() or p.exists():
-        return p
-    alt = prior_configs.REPO_ROOT / p
-    return alt if alt.exists() else p
-
-
-def _looks_like_path(s: str | os.PathLike) -> bool:
-    s = str(s)
-    return s.endswith((".pt", ".pth")) or os.sep in s or Path(s).exists()
-
-
-def load_prior(name_or_path: str | os.PathLike, device="cpu", dtype: torch.dtype = torch.float32,
-               ckpt: str | os.PathLike | None = None, autocast_bf16: bool = False) -> Denoiser:
-    """Build a :class:`Denoiser` from a prior name in ``configs/priors.py`` (checkpoint: ``ckpt``
-    or the config's default path, relative to the repository root) or from a checkpoint path
-    (config: the one stored in the file — our format — or the known prior matching its name).
-
-    A config stored in the file wins over the registry's (with a warning when they differ).
-    """
-    from models.checkpoint import _known_prior_for, model_from_checkpoint, read_checkpoint
-
-    if _looks_like_path(name_or_path) and ckpt is None:
-        path = _resolve_repo_path(name_or_path)
-        prior = _known_prior_for(path)
-    else:
-        prior = prior_configs.get_prior_config(str(name_or_path))
-        path = _resolve_repo_path(ckpt if ckpt is not None else prior.checkpoint)
-
-    obj = read_checkpoint(path)
-    stored = obj.get("config") if isinstance(obj, Mapping) else None
-    entry: Any = prior
-    if stored is not None:
-        if prior is not None and prior_configs.model_kwargs(stored) != prior_configs.model_kwargs(prior):
-            warnings.warn(f"{path} stores a model config that differs from the registry entry "
-                          f"'{prior.name}'; using the file's config", stacklevel=2)
-        entry = stored
-    if entry is None:
-        raise ValueError(f"{path} stores no config and its name matches no known prior; pass a "
-                         f"prior name ({', '.join(prior_configs.list_priors())}) with ckpt=")
-    model_cfg = prior_configs.model_kwargs(entry)
-    unet = model_from_checkpoint(obj, model_cfg, path, device=device, dtype=dtype)
-    del obj
-
-    get = (lambda k, d=None: entry.get(k, d)) if isinstance(entry, Mapping) else \
-        (lambda k, d=None: getattr(entry, k, d))
-    in_ch = int(model_cfg.get("in_channels", 1))
-    is_complex = bool(get("is_complex", in_ch == 2))
-    learn_sigma = bool(model_cfg.get("learn_sigma", int(model_cfg.get("out_channels", in_ch)) == 2 * in_ch))
-    sched_cfg = get("schedule", None) or prior_configs.DEFAULT_SCHEDULE
-    sched_cfg = sched_cfg.to_dict() if hasattr(sched_cfg, "to_dict") else dict(sched_cfg)
-    schedule = DiffusionSchedule(**sched_cfg)
-    den = Denoiser(unet, schedule, is_complex=is_complex, learn_sigma=learn_sigma,
-                   autocast_bf16=autocast_bf16)
-    den.prior_name = get("name", None) or Path(path).stem
-    den.checkpoint_path = str(path)
-    return den

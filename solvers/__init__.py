@@ -41,8 +41,10 @@ def default_config(name: str):
     return importlib.import_module(mod).default_config()
 
 
-def make_solver(name: str, cfg=None, denoiser=None, seed: int = 0, device=None):
-    """Instantiate solver ``name`` with config ``cfg`` (fields override its ``default_config()``)."""
+def make_solver(name: str, cfg=None, denoiser=None, seed: int = 0, device=None, seeds=None):
+    """Instantiate solver ``name`` with config ``cfg`` (fields override its ``default_config()``);
+    ``seeds`` (one per slice) is passed to the solvers that take it (the DM baselines)."""
     if needs_prior(name) and denoiser is None:
         raise ValueError(f"solver {name!r} needs a diffusion prior (denoiser)")
-    return solver_class(name)(cfg, denoiser=denoiser, seed=seed, device=device)
+    kw = {} if seeds is None else {"seeds": seeds}
+    return solver_class(name)(cfg, denoiser=denoiser, seed=seed, device=device, **kw)

@@ -24,6 +24,13 @@ Elements whose residual is at round-off level (``‖rₖ‖ ≤ 10·ε_mach·‖
 whose curvature ``⟨p, Mp⟩`` is not positive are always frozen, so a solved / degenerate element
 (e.g. ``b = 0``, or the singular normal equations ``AᴴA x = Aᴴy`` after convergence) never produces
 NaN or a blow-up.
+
+``conjugate=False`` replaces ``⟨u, v⟩`` by the unconjugated bilinear form ``Σ u·v`` (complex α, β):
+the arithmetic of the official DDS code's CG (its products are ``r.view(1, -1) @ r.view(1, -1).T``),
+kept only for :class:`solvers.dds.DDS`'s ``compat`` mode. For complex Hermitian ``M`` it is not the
+conjugate-gradient method (it does not minimise the ``M``-norm of the error); for real tensors both
+forms are the same. ``atol`` freezes an element once ``|Σ r·r̄|^½`` (resp. ``|Σ r·r|^½``) ``≤ atol``,
+DDS's absolute stopping rule.
 """
 from __future__ import annotations
 
@@ -31,7 +38,7 @@ from typing import Callable
 
 import torch
 
-__all__ = ["conjugate_gradient", "batch_dot"]
+__all__ = ["conjugate_gradient", "batch_dot", "bilinear_dot"]
 
 
 def _real_view(x: torch.Tensor) -> torch.Tensor:
@@ -44,15 +51,21 @@ def batch_dot(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return (ur * vr).reshape(ur.shape[0], -1).sum(dim=1)
 
 
+def bilinear_dot(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Σ u·v (no conjugate) per batch element (dim 0); complex ``[B]`` for complex inputs."""
+    return (u * v).reshape(u.shape[0], -1).sum(dim=1)
+
+
 def _bcast(s: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Reshape a ``[B]`` real scalar per element to broadcast against ``like`` ``[B, ...]``."""
-    return s.reshape((-1,) + (1,) * (like.ndim - 1)).to(like.real.dtype if torch.is_complex(like)
-                                                         else like.dtype)
+    """Reshape a ``[B]`` scalar per element to broadcast against ``like`` ``[B, ...]`` (real
+    scalars in ``like``'s real dtype, complex ones in its dtype)."""
+    dtype = like.dtype if s.is_complex() or not torch.is_complex(like) else like.real.dtype
+    return s.reshape((-1,) + (1,) * (like.ndim - 1)).to(dtype)
 
 
 def conjugate_gradient(apply_A: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor,
                        x0: torch.Tensor | None = None, num_iters: int = 5, tol: float = 0.0,
-                       check_every: int = 5) -> torch.Tensor:
+                       check_every: int = 5, conjugate: bool = True, atol: float = 0.0) -> torch.Tensor:
     """Run batched CG on ``apply_A(x) = b`` starting from ``x0`` (zeros if ``None``).
 
     Args:
@@ -63,14 +76,16 @@ def conjugate_gradient(apply_A: Callable[[torch.Tensor], torch.Tensor], b: torch
         num_iters: maximum number of CG iterations (``0`` returns ``x0``).
         tol: relative tolerance on ``‖b − A x‖ / ‖b‖`` per element; ``0`` disables the test.
         check_every: how often (iterations) to host-sync for the all-converged early exit.
+        conjugate: ``False``: DDS's unconjugated products (see the module docstring).
+        atol: absolute tolerance on the residual norm; ``0`` disables the test.
 
     Returns:
         The approximate solution ``[B, ...]``.
     """
     if num_iters < 0:
         raise ValueError(f"num_iters must be >= 0, got {num_iters}")
-    if tol < 0:
-        raise ValueError(f"tol must be >= 0, got {tol}")
+    if tol < 0 or atol < 0:
+        raise ValueError(f"tol and atol must be >= 0, got {tol}, {atol}")
     if x0 is None:
         x0 = torch.zeros_like(b)
     if x0.shape != b.shape:
@@ -78,30 +93,31 @@ def conjugate_gradient(apply_A: Callable[[torch.Tensor], torch.Tensor], b: torch
     x = x0.clone()
     if num_iters == 0:
         return x
+    dot = batch_dot if conjugate else bilinear_dot
     r = b - apply_A(x)
     p = r.clone()
-    rs = batch_dot(r, r)
-    # Freeze threshold on ‖r‖²: the requested tolerance, but never below a round-off floor
+    rs = dot(r, r)
+    # Freeze threshold on |⟨r, r⟩|: the requested tolerances, but never below a round-off floor
     # (10·machine-ε relative): past it, further steps on a (semi-)definite operator such as AᴴA
     # divide round-off by round-off and can blow the iterate up.
-    eps = torch.finfo(rs.dtype).eps
-    thresh = max(float(tol), 10.0 * eps) ** 2 * batch_dot(b, b)
+    eps = torch.finfo(rs.real.dtype).eps
+    thresh = (max(float(tol), 10.0 * eps) ** 2 * batch_dot(b, b)).clamp_min(float(atol) ** 2)
     check_every = max(1, int(check_every))
+    one, zero = torch.ones_like(rs), torch.zeros_like(rs)
     for k in range(num_iters):
         Ap = apply_A(p)
-        pAp = batch_dot(p, Ap)
-        active = (rs > thresh) & (pAp > 0)
-        alpha = torch.where(active, rs / torch.where(active, pAp, torch.ones_like(pAp)),
-                            torch.zeros_like(rs))
+        pAp = dot(p, Ap)
+        curved = (pAp > 0) if conjugate else (pAp != 0)
+        active = (rs.abs() > thresh) & curved
+        alpha = torch.where(active, rs / torch.where(active, pAp, one), zero)
         x = x + _bcast(alpha, x) * p
         r = r - _bcast(alpha, r) * Ap
-        rs_new = batch_dot(r, r)
-        beta = torch.where(active, rs_new / torch.where(active, rs, torch.ones_like(rs)),
-                           torch.zeros_like(rs))
+        rs_new = dot(r, r)
+        beta = torch.where(active, rs_new / torch.where(active, rs, one), zero)
         p = r + _bcast(beta, p) * p
         # frozen elements keep their old residual norm so they stay frozen
         rs = torch.where(active, rs_new, rs)
-        if tol > 0 and (k + 1) % check_every == 0 and k + 1 < num_iters:
-            if not bool(((rs > thresh)).any()):
+        if (tol > 0 or atol > 0) and (k + 1) % check_every == 0 and k + 1 < num_iters:
+            if not bool((rs.abs() > thresh).any()):
                 break
     return x

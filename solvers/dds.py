@@ -1,102 +1,97 @@
 """Decomposed Diffusion Sampling (DDS; Chung, Lee & Ye, ICLR 2024) for MRI and sparse-view CT.
 
-Baseline diffusion-model (DM) solver. One reverse step from raw step index ``t`` to ``t'`` (the
-previous respaced index; ``t' = −1`` after the last step, where ``ᾱ_{−1} = 1``):
+The loop is :func:`solvers.sampling.sample_dds`; this file builds its data-consistency step from
+the config and ``y``. One reverse step ``t → t'`` (grid of :func:`solvers.sampling.dds_timesteps`,
+``980, 960, …, 20, 0`` for 50 NFEs): ``ε̂ = ε_θ(x_t, t)``, Tweedie ``x̂₀``, ``x̂₀' = DC(x̂₀)``, then
+``x_{t'} = √ᾱ_{t'}·x̂₀' + η√(1−ᾱ_{t'})·z + √(1−ᾱ_{t'})√(1−η²)·ε̂`` with the network's ε̂ (DDS's
+coefficients, not the DDIM paper's σ). The step to ``t' = 0`` returns ``x̂₀'`` without noise and
+the last step ``(0, −1)`` returns the final ``x̂₀'``, as DDS's ``solver_2d.py`` does.
 
-1. **NFE + Tweedie.** ``ε̂ = ε_θ(x_t, t)`` (one network call) and
-   ``x̂₀ = (x_t − √(1−ᾱ_t)·ε̂) / √ᾱ_t``.
-2. **Data consistency by CG** (``num_cg`` iterations, default 5, started at ``x̂₀``), one of
+Data consistency (``num_cg`` CG iterations, default 5, started at ``x̂₀``; :meth:`DDS.data_consistency`)
 
-   * ``dc_mode = "proximal"`` (default here): solve ``(I + γ AᴴA) x = x̂₀ + γ Aᴴy``, i.e. the
-     proximal step ``argmin_x ‖x − x̂₀‖² + γ‖Ax − y‖²``. This is the branch DDS's code takes when
-     ``--sigma_y > 0``, with its default ``--gamma 5.0``;
-   * ``dc_mode = "krylov"``: run CG on the normal equations ``AᴴA x = Aᴴy`` started at ``x̂₀``
-     (no γ): the iterate stays in ``x̂₀ + Krylov(AᴴA, Aᴴy − AᴴA x̂₀)``, which is the "Krylov
-     subspace around the clean manifold" of the DDS paper and the branch DDS's code takes for
-     noiseless measurements (``--sigma_y 0``, its default). ``γ`` is unused in this mode.
+* ``dc_mode = "proximal"`` (default): solve ``(I + γ′AᴴA) x = x̂₀ + γ′Aᴴy``, the proximal step
+  ``argmin_x ‖x − x̂₀‖² + γ′‖Ax − y‖²``: DDS's ``--sigma_y > 0`` branch, the one its evaluation
+  scripts run for MRI and CT (``eval_MRI_multi.sh`` / ``eval_SVCT_2d.sh`` pass ``--sigma_y 0.01``,
+  which in ``solver_2d.py`` only selects this branch: no noise is added to ``y`` there).
+* ``dc_mode = "krylov"``: CG on the normal equations ``AᴴA x = Aᴴy`` from ``x̂₀`` (no γ), so the
+  iterate stays in ``x̂₀ + Krylov(AᴴA, Aᴴy − AᴴA x̂₀)`` (the paper's "Krylov subspace around the
+  clean manifold"). It **assumes noiseless measurements**: it fits ``y`` as closely as ``num_cg``
+  iterations allow, noise included. It is the branch DDS's code takes by default (``--sigma_y
+  0``) for CT. DDS's
+  multi-coil MRI code has the same branch, but it does not run: it turns the complex ``Aᴴy`` into
+  an empty tensor (``real_to_nchw_comp`` of a 1-channel complex image) and its CG fails on the
+  first operator call, so DDS's multi-coil MRI results come from the proximal branch.
 
-   The result is ``x̂₀'``.
-3. **DDIM update with η** (DDS's own coefficients, *not* the DDIM-paper σ_t):
-   ``x_{t'} = √ᾱ_{t'}·x̂₀' + c₁·z + c₂·ε̂``, ``c₁ = η·√(1−ᾱ_{t'})``,
-   ``c₂ = √(1−ᾱ_{t'})·√(1−η²)``, ``z ~ N(0, I)``. Following DDS, ``ε̂`` is the **network's** ε
-   (computed from ``x_t``), not an ε recomputed from the data-consistent ``x̂₀'``
-   (``eps_source = "dc"`` gives the recomputed variant ``(x_t − √ᾱ_t x̂₀')/√(1−ᾱ_t)`` for
-   ablations). After the last step the output is ``x̂₀'`` itself (DDS: ``xt_next = x0_t_hat``).
+The weight γ (``gamma``; default 1.0 = DDS's ``--gamma`` default) is on **DDS's scale**
+(``gamma_scale = "dds"``): γ′ = γ·w with ``w`` the factor DDS's own ``AT`` carries relative to the
+exact adjoint. For MRI ``w = 1`` (DDS's ``AT`` is the exact ``Aᴴ`` of the orthonormal multi-coil
+FFT, as ours). For CT DDS's ``AT`` is an *unfiltered* back-projection scaled by ``π/(2V)`` (V views;
+pytorch_radon's ``IRadon(use_filter=None)``), so ``w = π/(2V)`` (``ParallelBeamCT.dds_scale``; we
+keep our exact ``Aᵀ`` and put the constant into γ′, DDS's bilinear back-projector being only
+approximately the transpose of its projector). Without this factor the same γ would weight the
+data term ``2V/π`` (≈ 10 for 16 views) times more than DDS does. ``gamma_scale = "adjoint"`` uses
+γ′ = γ with our exact adjoint for every operator (this project's earlier convention, γ = 5).
 
-Time grid (as DDS): ``skip = T // nfe``, steps ``t ∈ reversed(range(0, T, skip))`` paired with
-``t' ∈ reversed([−1] + range(0, T, skip)[:-1])``; e.g. ``T = 1000, nfe = 50`` gives
-``980, 960, …, 20, 0`` (exactly 50 NFEs; if ``T`` is not a multiple of ``nfe`` there are
-``ceil(T/skip)`` steps, as in DDS). The network receives the raw step index ``t``.
+Departure from DDS's MRI arithmetic (kept, on purpose): DDS adds the 2-channel (real, imag) x̂₀ to
+the complex ``γ·Aᴴy``, which broadcasts ``γAᴴy`` into *both* channels, so its right-hand side is
+``x̂₀ + γ(1+i)Aᴴy``; and its CG takes unconjugated products (``r.view(1,-1) @ r.view(1,-1).T``),
+which is not the conjugate-gradient method for a complex Hermitian system. Ours is the proximal
+step written above, solved by true CG. ``compat = True`` reproduces DDS's arithmetic instead (for
+matching published numbers): the ``(1+i)`` right-hand side for complex images, unconjugated CG
+products, and DDS's absolute CG stop ``‖r‖ < 1e-5`` (with the same prior, x_T and noise, a compat
+run follows DDS's multi-coil MRI loop to float32 rounding); ``compat`` with ``dc_mode="krylov"``
+is refused for MRI (DDS's branch does not run).
 
-Noise: ``x_T ~ N(0, I)`` and every ``z ~ N(0, I)`` come from a ``torch.Generator`` seeded with
-``seed`` at the start of **each** call (so repeated calls are identical). For complex (MRI) images
-real and imaginary parts are independent ``N(0, 1)`` — DDS draws noise on the 2-channel
-(real, imag) network representation — i.e. ``E|z|² = 2`` per complex pixel.
-
-Batches: ``y`` may hold ``B`` slices. Without ``seeds`` the whole batch draws from the ONE
-generator (slice ``b``'s noise then depends on its batch mates). With ``seeds=[s_0, …, s_{B−1}]``
-(``DDS(cfg, denoiser, seeds=…)``, as ``solvers.batched.make_batched_solver("dds", …)`` builds it)
-slice ``b`` draws ``x_T`` and every ``z`` from its own generator seeded ``s_b``, in the order of a
-single run, so slice ``b`` of the batch equals ``DDS(cfg, denoiser, seed=s_b)`` on ``y[b:b+1]`` up
-to float rounding (the prior is called once per step on the whole batch; its batched kernels may
-sum in another order). Everything else is per slice already: Tweedie and the DDIM update are
-elementwise, the operator acts slice-wise, and :func:`solvers.cg.conjugate_gradient` takes every
-inner product per batch element; its tolerance early exit (``cg_tol > 0``) fires only when every
-element is frozen, and a frozen element's iterate never changes again, so a batch mate that needs
-more iterations does not change a slice's CG result (``tests/test_dm_baselines.py`` checks this).
-
-Shapes: images ``[B, H, W]`` complex (MRI) or real (CT); ``y`` as produced by ``physics.forward``.
-``x_gt`` is handed only to ``callback`` (via :func:`solvers.base.notify`) and never used otherwise.
-
-Logging: every ``log_every`` steps and at the last step, ``history`` gets ``step`` (0-based),
-``t``, ``residual`` = batch mean of ``‖A x̂₀' − y‖/‖y‖`` (after CG) and ``residual_tweedie`` = the
-same for ``x̂₀`` (before CG); ``callback(step, x̂₀', info)`` is called with these values. These use
-``y`` only and cost two extra ``A`` applications per logged step (one host sync).
-``callback`` may also be a sequence of ``B`` callables (one per slice, ``None`` entries skipped):
-callable ``b`` gets ``(step, x̂₀'[b:b+1], info)`` with slice ``b``'s own residuals and
-``info["x_gt"] = x_gt[b:b+1]``, exactly as a single run of that slice calls its callback.
-Output: :class:`solvers.base.Result` with ``x_hat`` = final ``x̂₀'`` ``[B,H,W]`` and ``info``
-(``nfe``, ``timesteps``, ``seed``, ``config``, and ``slices``: one single-run-style ``Result`` per
-slice, ``x_hat [1,H,W]`` and a history with that slice's residuals, for
-``solvers.batched.split_result``). With ``seeds``, ``info["seeds"]`` lists them, each slice's
-``info["seed"]`` is its own, and ``history["per_slice"]`` holds the per-slice histories.
+Noise: ``x_T`` and every ``z`` come from per-slice generators seeded at the start of each call
+(``seeds[b]``, or ``seed`` for every slice), complex images with N(0, 1) real and imaginary parts
+(DDS draws on the 2-channel network representation; our draws equal a contiguous ``randn`` of that
+tensor, while DDS's ``randn_like`` of a permuted view, and its CUDA generator, give other streams:
+same distribution, not the same draws). Batches, logging and the ``Result`` follow
+:mod:`solvers.dm_common`; logged values: ``residual`` = ``‖A x̂₀' − y‖/‖y‖`` (after DC) and
+``residual_tweedie`` = the same for ``x̂₀``; callbacks receive ``x̂₀'``. CG takes every inner
+product per slice and its tolerance exit freezes converged slices, so batch mates do not interact.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+import math
+from typing import Optional
 
 import ml_collections
 import torch
-from tqdm.auto import tqdm
 
-from models.diffusion import respaced_timesteps
-from solvers.base import (Callback, Result, check_measurements, check_seeds, notify_slices, per_slice_callbacks,
-                          slice_results)
-from solvers.cg import batch_dot, conjugate_gradient
-from solvers.common import resolve_config
-from utils.rng import NoiseStreams
+from physics.ct import ParallelBeamCT
+from solvers.cg import conjugate_gradient
+from solvers.dm_common import DMSolver, relative_residual
+from solvers.sampling import sample_dds
 
-__all__ = ["DDS", "default_config", "dds_timesteps"]
+__all__ = ["DDS", "default_config", "gamma_weight", "DDS_CG_ATOL"]
+
+#: DDS's absolute CG stopping tolerance (``utils.CG(..., eps=1e-5)`` in its code); ``compat`` only.
+DDS_CG_ATOL = 1e-5
 
 
 def default_config() -> ml_collections.ConfigDict:
     """Default DDS configuration (provenance of each value in the comments)."""
     cfg = ml_collections.ConfigDict()
-    # Number of network evaluations (respaced reverse steps); DDS paper/code default
-    # (--T_sampling 50; skip = 1000 // 50 = 20).
+    # Number of network evaluations (respaced reverse steps); DDS default (--T_sampling 50).
     cfg.nfe = 50
-    # DDIM stochasticity η; DDS code default (--eta 0.85).
+    # DDIM stochasticity η; DDS default (--eta 0.85).
     cfg.eta = 0.85
-    # CG iterations per step; DDS code default (--CG_iter 5).
+    # CG iterations per step; DDS default (--CG_iter 5).
     cfg.num_cg = 5
-    # Relative tolerance of the inner CG (0 = always run num_cg iterations, as DDS does). Our knob.
+    # Relative tolerance of the inner CG (0 = always run num_cg iterations). Our knob.
     cfg.cg_tol = 0.0
-    # Data-consistency system: "proximal" solves (I + γAᴴA)x = x̂₀ + γAᴴy (DDS's noisy-measurement
-    # branch); "krylov" runs CG on AᴴA x = Aᴴy from x̂₀ (DDS's default noiseless branch).
-    # Default "proximal" is our choice (robust to measurement noise; requested by the project).
+    # "proximal": (I + γ′AᴴA)x = x̂₀ + γ′Aᴴy (DDS's --sigma_y > 0 branch, the one its evaluation
+    # scripts run for MRI and CT); "krylov": CG on AᴴA x = Aᴴy from x̂₀, noiseless data only
+    # (DDS's --sigma_y 0 branch; it runs for CT only).
     cfg.dc_mode = "proximal"
-    # Proximal weight γ; DDS code default (--gamma 5.0). Unused for dc_mode = "krylov".
-    cfg.gamma = 5.0
+    # Proximal weight γ on DDS's scale; DDS default (--gamma 1.0). Unused for "krylov".
+    cfg.gamma = 1.0
+    # "dds": γ′ = γ·π/(2V) for CT (DDS's AT is π/(2V)·back-projection), γ for MRI;
+    # "adjoint": γ′ = γ with the exact adjoint (this project's earlier convention).
+    cfg.gamma_scale = "dds"
+    # Reproduce DDS's MRI arithmetic ((1+i)·γAᴴy right-hand side, unconjugated CG, |r| < 1e-5 stop).
+    cfg.compat = False
     # ε used in the DDIM update: "network" (DDS) or "dc" (recomputed from x̂₀'; ablation only).
     cfg.eps_source = "network"
     # Logging (our choice): callback + history every `log_every` steps (and at the last step).
@@ -106,156 +101,67 @@ def default_config() -> ml_collections.ConfigDict:
     return cfg
 
 
-def dds_timesteps(num_train_steps: int, nfe: int) -> list[tuple[int, int]]:
-    """DDS's respaced (t, t_next) pairs, descending; the last pair is ``(0, -1)``
-    (``models.diffusion.respaced_timesteps`` paired with its successors)."""
-    if nfe < 1 or nfe > num_train_steps:
-        raise ValueError(f"nfe must be in [1, {num_train_steps}], got {nfe}")
-    steps = respaced_timesteps(int(nfe), int(num_train_steps))
-    return list(zip(steps, steps[1:] + [-1]))
+def gamma_weight(physics, gamma_scale: str = "dds") -> float:
+    """``w`` in γ′ = γ·w: ``π/(2V)`` for a :class:`ParallelBeamCT` on DDS's scale, else 1."""
+    if gamma_scale not in ("dds", "adjoint"):
+        raise ValueError(f"gamma_scale must be 'dds' or 'adjoint', got {gamma_scale!r}")
+    if gamma_scale == "dds" and isinstance(physics, ParallelBeamCT):
+        return float(physics.dds_scale)
+    return 1.0
 
 
-# ----------------------------------------------------------------------------- shared helpers
-def _schedule(denoiser):
-    """The denoiser's ``models.diffusion.DiffusionSchedule`` (validated)."""
-    schedule = getattr(denoiser, "schedule", None)
-    for attr in ("num_steps", "tweedie_x0", "ddim_step", "eps_from_x0"):
-        if not hasattr(schedule, attr):
-            raise ValueError("denoiser must have a .schedule that is a "
-                             "models.diffusion.DiffusionSchedule (missing ." + attr + ")")
-    return schedule
+class DDS(DMSolver):
+    """Decomposed Diffusion Sampling: ``DDS(cfg=None, denoiser=None, seed=0, device=None,
+    seeds=None)``; ``DDS(...)(y, physics, x_gt=None, callback=None) -> Result`` (module docstring)."""
 
+    method = "DDS"
+    steps_field = "nfe"
+    log_keys = ("residual", "residual_tweedie")
+    default_config = staticmethod(default_config)
 
-def _setup(y: torch.Tensor, physics, denoiser, device):
-    """Validate inputs; return (y on device, image dtype, image shape [B,H,W], device)."""
-    check_measurements(y)
-    if device is not None:
-        y = y.to(device)
-    device = y.device
-    phys_complex = bool(getattr(physics, "is_complex", torch.is_complex(y)))
-    den_complex = bool(getattr(denoiser, "is_complex", phys_complex))
-    if phys_complex != den_complex:
-        raise ValueError(f"physics.is_complex={phys_complex} but denoiser.is_complex={den_complex}:"
-                         " use the MRI prior with MRI operators and the CT prior with CT")
-    if phys_complex:
-        dtype = y.dtype if torch.is_complex(y) else torch.complex64
-    else:
-        if torch.is_complex(y):
-            raise ValueError("real (CT) operator got complex measurements y")
-        dtype = y.dtype
-    H, W = physics.image_shape
-    return y, dtype, (y.shape[0], int(H), int(W)), device, phys_complex
+    def check_config(self, cfg) -> None:
+        if cfg.dc_mode not in ("proximal", "krylov"):
+            raise ValueError(f"dc_mode must be 'proximal' or 'krylov', got {cfg.dc_mode!r}")
+        if cfg.eps_source not in ("network", "dc"):
+            raise ValueError(f"eps_source must be 'network' or 'dc', got {cfg.eps_source!r}")
+        if cfg.gamma_scale not in ("dds", "adjoint"):
+            raise ValueError(f"gamma_scale must be 'dds' or 'adjoint', got {cfg.gamma_scale!r}")
+        if not (float(cfg.gamma) >= 0 and math.isfinite(float(cfg.gamma))):
+            raise ValueError(f"gamma must be a finite number >= 0, got {cfg.gamma}")
 
-
-def sampler_result(method: str, x: torch.Tensor, history: dict, histories: list[dict], pairs, cfg,
-                   seed: int, seeds: Optional[list[int]]) -> Result:
-    """The :class:`Result` of a DDS/DPS call, with per-slice results in ``info["slices"]``."""
-    info = {"method": method, "nfe": len(pairs), "seed": seed,
-            "timesteps": [p[0] for p in pairs], "config": cfg.to_dict()}
-    if seeds is not None:
-        info["seeds"] = list(seeds)
-        history["per_slice"] = histories
-    info["slices"] = slice_results(x, histories, info, seeds)
-    return Result(x_hat=x, history=history, info=info)
-
-
-def relative_residual(physics, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """‖A x − y‖ / ‖y‖ per batch element (``[B]`` real)."""
-    r = physics.forward(x) - y
-    return torch.sqrt(batch_dot(r, r) / batch_dot(y, y).clamp_min(torch.finfo(torch.float32).tiny))
-
-
-class DDS:
-    """Decomposed Diffusion Sampling. ``DDS(cfg, denoiser, seed=0, device=None, seeds=None)``.
-
-    ``denoiser`` follows ``models.denoiser.Denoiser``: ``eps(x_t, t)`` on ``[B,H,W]`` images,
-    ``.schedule`` (``models.diffusion.DiffusionSchedule``), ``.is_complex``. ``cfg`` is a ConfigDict / dict overriding
-    :func:`default_config` (missing keys take the defaults; unknown keys → ``ValueError``).
-    ``seeds``: optional, one seed per slice of ``y``; slice ``b`` then reproduces a single run
-    with ``seed=seeds[b]`` (see the module docstring; ``seed`` is then unused).
-    """
-
-    def __init__(self, cfg=None, denoiser=None, seed: int = 0, device=None,
-                 seeds: Optional[Sequence[int]] = None):
-        base = resolve_config(default_config(), cfg)
-        if base.dc_mode not in ("proximal", "krylov"):
-            raise ValueError(f"dc_mode must be 'proximal' or 'krylov', got {base.dc_mode!r}")
-        if base.eps_source not in ("network", "dc"):
-            raise ValueError(f"eps_source must be 'network' or 'dc', got {base.eps_source!r}")
-        if not 0.0 <= base.eta <= 1.0:
-            raise ValueError(f"eta must be in [0, 1], got {base.eta}")
-        if denoiser is None:
-            raise ValueError("DDS needs a denoiser (models.denoiser.Denoiser)")
-        self.cfg = base
-        self.denoiser = denoiser
-        self.seed = int(seed)
-        self.seeds = check_seeds(seeds)
-        self.device = device
-
-    # ------------------------------------------------------------------ data consistency
     def data_consistency(self, x0_hat: torch.Tensor, y: torch.Tensor, physics,
                          ATy: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Return x̂₀' = CG(num_cg) on the configured DC system, started at ``x0_hat``."""
+        """x̂₀' = ``num_cg`` CG iterations on the configured system, started at ``x0_hat``
+        ``[B,H,W]`` (``ATy`` = ``physics.adjoint(y)`` if already computed): the proximal system
+        ``(I + γ′AᴴA) x = x̂₀ + γ′Aᴴy``, or for ``dc_mode="krylov"`` the normal equations
+        ``AᴴA x = Aᴴy``, which assume **noiseless** ``y`` (they fit the noise too)."""
         cfg = self.cfg
         if ATy is None:
             ATy = physics.adjoint(y)
-        if cfg.dc_mode == "proximal":
-            gamma = float(cfg.gamma)
+        cg = {"num_iters": int(cfg.num_cg), "tol": float(cfg.cg_tol)}
+        if cfg.compat:
+            cg.update(conjugate=False, atol=DDS_CG_ATOL)
+        if cfg.dc_mode == "krylov":
+            if cfg.compat and physics.is_complex:
+                raise ValueError("compat=True with dc_mode='krylov' has no MRI counterpart: DDS's "
+                                 "noiseless MRI branch does not run; use dc_mode='proximal'")
+            return conjugate_gradient(physics.normal, ATy, x0_hat, **cg)
+        g = float(cfg.gamma) * gamma_weight(physics, cfg.gamma_scale)
+        data = (1 + 1j) * ATy if cfg.compat and physics.is_complex else ATy
+        return conjugate_gradient(lambda v: v + g * physics.normal(v), x0_hat + g * data, x0_hat, **cg)
 
-            def apply_M(x):
-                return x + gamma * physics.normal(x)
+    def sample(self, problem, x, timesteps, noise, callback):
+        ATy = problem.physics.adjoint(problem.y)
 
-            b = x0_hat + gamma * ATy
-        else:
-            apply_M = physics.normal
-            b = ATy
-        return conjugate_gradient(apply_M, b, x0_hat, num_iters=int(cfg.num_cg),
-                                  tol=float(cfg.cg_tol))
+        def dc(x0: torch.Tensor) -> torch.Tensor:
+            return self.data_consistency(x0, problem.y, problem.physics, ATy)
 
-    # ------------------------------------------------------------------ sampling
-    @torch.no_grad()
-    def __call__(self, y: torch.Tensor, physics, x_gt: Optional[torch.Tensor] = None,
-                 callback: Optional[Callback | Sequence[Optional[Callback]]] = None) -> Result:
-        cfg = self.cfg
-        y, dtype, shape, device, is_complex = _setup(y, physics, self.denoiser, self.device)
-        B = shape[0]
-        cbs = per_slice_callbacks(callback, B, self.seeds)
-        sched = _schedule(self.denoiser)
-        pairs = dds_timesteps(sched.num_steps, int(cfg.nfe))
-        noise = NoiseStreams(self.seed, self.seeds, device)
+        return sample_dds(self.denoiser, x, timesteps, dc, noise, eta=float(self.cfg.eta),
+                          eps_source=self.cfg.eps_source, callback=callback)
 
-        ATy = physics.adjoint(y)
-        x = noise.randn(shape, dtype, device)  # x_T ~ N(0, I)
-        eta = float(cfg.eta)
-        log_every = max(1, int(cfg.log_every))
-        keys = ("step", "t", "residual", "residual_tweedie")
-        history: dict[str, list] = {k: [] for k in keys}
-        histories: list[dict] = [{k: [] for k in keys} for _ in range(B)]
-        x0_dc = x
-        for k, (t, t_next) in enumerate(tqdm(pairs, disable=not cfg.progress, desc="DDS",
-                                             leave=False)):
-            eps = self.denoiser.eps(x, t).to(dtype)                          # 1 NFE
-            x0 = sched.tweedie_x0(x, eps, t)                                 # Tweedie
-            x0_dc = self.data_consistency(x0, y, physics, ATy)               # CG
-            if t_next >= 0:
-                if cfg.eps_source == "dc":
-                    eps = sched.eps_from_x0(x, x0_dc, t)
-                # √ᾱ' x̂₀' + η√(1−ᾱ') z + √(1−ᾱ')√(1−η²) ε̂   (z: per slice with seeds)
-                z = noise.like(x0_dc) if eta > 0 else None
-                x = sched.ddim_step(x, x0_dc, eps, t, t_next, eta=eta, noise=z, variant="dds")
-            else:
-                x = x0_dc
-            last = k == len(pairs) - 1
-            if (k + 1) % log_every == 0 or last:
-                r, r0 = relative_residual(physics, x0_dc, y), relative_residual(physics, x0, y)
-                vals = torch.cat([r.mean().reshape(1), r0.mean().reshape(1), r, r0]).tolist()
-                res, res0, per, per0 = vals[0], vals[1], vals[2:2 + B], vals[2 + B:]
-                for h, row in [(history, (k, t, res, res0))] + [
-                        (histories[b], (k, t, per[b], per0[b])) for b in range(B)]:
-                    for key, v in zip(keys, row):
-                        h[key].append(v)
-                notify_slices(callback, cbs, k, x0_dc,
-                              {"phase": "dds", "t": t, "residual": res, "residual_tweedie": res0},
-                              lambda b: {"phase": "dds", "t": t, "residual": per[b],
-                                         "residual_tweedie": per0[b]}, x_gt)
-        return sampler_result("DDS", x, history, histories, pairs, cfg, self.seed, self.seeds)
+    def log_values(self, problem, step):
+        return {"residual": relative_residual(problem.physics, step["x0_dc"], problem.y),
+                "residual_tweedie": relative_residual(problem.physics, step["x0"], problem.y)}
+
+    def log_image(self, step, last):
+        return step["x0_dc"]

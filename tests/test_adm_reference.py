@@ -1,7 +1,7 @@
 """``models/adm_unet.py`` against the reference guided-diffusion implementation.
 
 (a) The released DDS checkpoints' manifests (key, order, shape, dtype, counts) are reproduced
-    exactly by ``create_adm_model`` from the manifest config and from ``configs/priors.py``
+    exactly by ``create_adm_model`` from the manifest config and from the prior registry
     (built on the ``meta`` device: no memory).
 (b) Two tiny reference models (32×32, perturbed random weights stored in float16, the reference
     output computed from exactly those values) load strictly and reproduce the reference forward
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from configs.priors import get_prior_config, model_kwargs
+from models.priors import get_prior_config, model_kwargs
 
 REF = Path(__file__).resolve().parent / "data"
 REFERENCE_MODELS = ["adm_tiny_ct.pt", "adm_tiny_mri.pt"]
@@ -65,7 +65,7 @@ def test_manifest_from_manifest_config(manifest):
 
 @pytest.mark.parametrize("manifest", list(MANIFESTS))
 def test_manifest_from_prior_registry(manifest):
-    """configs/priors.py holds the same architecture (and param counts) as the manifests."""
+    """The prior registry holds the same architecture (and param counts) as the manifests."""
     man = _load_manifest(manifest)
     prior = get_prior_config(MANIFESTS[manifest])
     assert prior.num_params == man["num_params"] and prior.num_tensors == man["num_tensors"]

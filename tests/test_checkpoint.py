@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from configs.priors import PRIORS, get_prior_config, list_priors, model_kwargs
+from models.priors import PRIORS, get_prior_config, list_priors, model_kwargs
 from models.checkpoint import (CheckpointMismatchError, CorruptCheckpointError, build_adm_model,
                                candidate_paths, load_adm_checkpoint, load_state_dict_file,
                                save_adm_checkpoint)
@@ -22,11 +22,11 @@ TINY = {
 
 
 def _demo(is_complex: bool) -> str:
-    """Name of the small shipped prior of each kind (names follow the lead's tuning)."""
+    """Name of the small shipped prior of each kind (the registry's demo entries)."""
     names = [n for n in list_priors() if PRIORS[n].num_params is None
              and bool(PRIORS[n].is_complex) == is_complex]
     if not names:
-        pytest.skip("no small demo prior of this kind in configs/priors.py")
+        pytest.skip("no small demo prior of this kind in the prior registry")
     return names[0]
 
 
@@ -203,7 +203,8 @@ def test_truncated_file_message(tmp_path, damage):
 # --------------------------------------------------------------------------- load_prior
 @pytest.mark.parametrize("is_complex", [False, True])
 def test_load_prior_from_name_and_path(tmp_path, is_complex):
-    from models.denoiser import Denoiser, load_prior
+    from models.denoiser import Denoiser
+    from models.priors import load_prior
 
     name = _demo(is_complex)
     prior = get_prior_config(name)

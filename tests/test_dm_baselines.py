@@ -1,110 +1,25 @@
 """Tests of the diffusion-model baselines: batched CG, DDS and DPS.
 
-Uses tiny stand-ins (masked-FFT and random-matrix operators, analytic denoisers following the
-``models.denoiser.Denoiser`` interface) so the tests are fast and independent of the U-Net.
+Uses tiny stand-ins (``tests/dm_standins.py``: masked-FFT and random-matrix operators, analytic
+denoisers following the ``models.denoiser.Denoiser`` interface) so the tests are fast and
+independent of the U-Net; two tests run a small reference ADM model with the real operators.
 """
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
-from models.diffusion import DiffusionSchedule
 from solvers.cg import batch_dot, conjugate_gradient
-from solvers.dds import DDS, dds_timesteps
+from solvers.dds import DDS
 from solvers.dds import default_config as dds_config
 from solvers.dps import DPS
+from solvers.sampling import dds_timesteps
+from tests.dm_standins import (ConvDenoiser, GaussianDenoiser, MaskedFFT, MatrixOp, OracleDenoiser,
+                               reference_prior)
 
 H = W = 32
-
-
-# ----------------------------------------------------------------------------- stand-ins
-def _Schedule():
-    return DiffusionSchedule(1e-4, 0.02, 1000)  # the DDS schedule
-
-
-class MaskedFFT(torch.nn.Module):
-    """Single-coil Cartesian MRI: A x = M ⊙ F x (orthonormal FFT), y: [B,1,H,W]."""
-
-    is_complex = True
-
-    def __init__(self, mask):
-        super().__init__()
-        self.mask = mask
-        self.image_shape = tuple(mask.shape)
-
-    def forward(self, x):
-        return (self.mask * torch.fft.fft2(x, norm="ortho"))[:, None]
-
-    def adjoint(self, y):
-        return torch.fft.ifft2(self.mask * y[:, 0], norm="ortho")
-
-    def normal(self, x):
-        return self.adjoint(self.forward(x))
-
-    def input_image(self, y):
-        return self.adjoint(y)
-
-
-class MatrixOp(torch.nn.Module):
-    """Real operator A ∈ R^{M×HW} (CT stand-in): [B,H,W] → [B,M]."""
-
-    is_complex = False
-
-    def __init__(self, A, shape):
-        super().__init__()
-        self.A = A
-        self.image_shape = shape
-
-    def forward(self, x):
-        return x.reshape(x.shape[0], -1) @ self.A.T
-
-    def adjoint(self, y):
-        return (y @ self.A).reshape(y.shape[0], *self.image_shape)
-
-    def normal(self, x):
-        return self.adjoint(self.forward(x))
-
-    def input_image(self, y):
-        return self.adjoint(y)
-
-
-class OracleDenoiser:
-    """Perfect denoiser: x̂₀ = x_true whatever x_t; ε consistent with it."""
-
-    def __init__(self, x_true, is_complex):
-        self.x_true = x_true
-        self.schedule = _Schedule()
-        self.is_complex = is_complex
-        self.calls = 0
-
-    def eps(self, x_t, t):
-        self.calls += 1
-        a = float(self.schedule.alphas_cumprod[int(t)])
-        return (x_t - math.sqrt(a) * self.x_true) / math.sqrt(1 - a)
-
-    def __call__(self, x_t, t):
-        return self.x_true.expand_as(x_t)
-
-
-class GaussianDenoiser:
-    """Exact MMSE denoiser of the prior x₀ ~ N(m, s² I): differentiable in x_t."""
-
-    def __init__(self, is_complex, s=0.5, mean=0.0):
-        self.schedule = _Schedule()
-        self.is_complex = is_complex
-        self.s, self.m = s, mean
-
-    def __call__(self, x_t, t):
-        a = float(self.schedule.alphas_cumprod[int(t)])
-        s2 = self.s ** 2
-        return self.m + math.sqrt(a) * s2 * (x_t - math.sqrt(a) * self.m) / (a * s2 + 1 - a)
-
-    def eps(self, x_t, t):
-        a = float(self.schedule.alphas_cumprod[int(t)])
-        return (x_t - math.sqrt(a) * self(x_t, t)) / math.sqrt(1 - a)
 
 
 def _complex_image(B=2, seed=0):
@@ -216,7 +131,8 @@ def test_dds_data_consistency_reduces_residual(mode):
     x_true = _complex_image(B=2)
     op = MaskedFFT(_mask())
     y = op(x_true)
-    dds = DDS(_quiet(nfe=5, log_every=1, dc_mode=mode), GaussianDenoiser(True), seed=0)
+    # γ = 5: the proximal step leaves ‖A x − y‖ ≤ ‖A x̂₀ − y‖/(1+γ) on this single-coil mask
+    dds = DDS(_quiet(nfe=5, log_every=1, dc_mode=mode, gamma=5.0), GaussianDenoiser(True), seed=0)
     # direct: one DC step on a wrong image
     x0 = torch.zeros_like(x_true)
     r_before = (op(x0) - y).abs().norm()
@@ -268,6 +184,12 @@ def test_bad_config_and_mismatched_prior():
     with pytest.raises(ValueError, match="is_complex"):
         DDS(_quiet(nfe=2), GaussianDenoiser(False))(op(_complex_image(B=1)), op)
     assert dds_config().nfe == 50 and dds_config().eta == 0.85 and dds_config().num_cg == 5
+    # DDS's --gamma default is 1.0, on its own operator scale
+    assert dds_config().gamma == 1.0 and dds_config().gamma_scale == "dds"
+    with pytest.raises(ValueError, match="gamma_scale"):
+        DDS({"gamma_scale": "foo"}, GaussianDenoiser(True))
+    with pytest.raises(ValueError, match="needs a denoiser"):
+        DPS(_quiet(num_steps=2))
 
 
 # ----------------------------------------------------------------------------- DPS
@@ -308,71 +230,45 @@ def test_dps_bit_identical_with_and_without_x_gt_and_seeded():
 
 
 # ----------------------------------------------------------------------------- real modules
-_REF = Path(__file__).resolve().parent / "data"     # reference ADM checkpoints (tests/data/README.md)
-
-
-def _real_prior(name):
-    from models.denoiser import load_prior
-    return load_prior(_REF / name)
-
-
 def test_dds_dps_with_real_adm_and_ct_operator():
-    """Tiny ADM (reference checkpoint, random weights) + ParallelBeamCT, 32², 3 steps."""
+    """Small ADM (reference checkpoint, random weights) + ParallelBeamCT, n² (32 or 64), 2 steps."""
     from physics.ct import ParallelBeamCT
-    den = _real_prior("adm_tiny_ct.pt")
-    op = ParallelBeamCT(32, num_views=12)
-    x = torch.rand(1, 32, 32, generator=torch.Generator().manual_seed(0))
+    den = reference_prior("ct")
+    n = den.unet.image_size
+    op = ParallelBeamCT(n, num_views=12)
+    x = torch.rand(1, n, n, generator=torch.Generator().manual_seed(0))
     y = op(x)
     r = DDS(_quiet(nfe=2, log_every=1), den, seed=0)(y, op)
-    assert r.x_hat.shape == (1, 32, 32) and torch.isfinite(r.x_hat).all()
+    assert r.x_hat.shape == (1, n, n) and torch.isfinite(r.x_hat).all()
     h = r.history
     assert h["t"] == [500, 0]
     assert all(a < b for a, b in zip(h["residual"], h["residual_tweedie"])), h
     r2 = DDS(_quiet(nfe=2), den, seed=0)(y, op, x_gt=x)
     assert torch.equal(r.x_hat, r2.x_hat)
     d = DPS(_quiet(num_steps=2, zeta=0.5), den, seed=0)(y, op)  # backprop through the U-Net
-    assert d.x_hat.shape == (1, 32, 32) and torch.isfinite(d.x_hat).all()
+    assert d.x_hat.shape == (1, n, n) and torch.isfinite(d.x_hat).all()
 
 
 def test_dds_with_real_adm_and_multicoil_mri():
     from physics.mri import MultiCoilMRI
-    den = _real_prior("adm_tiny_mri.pt")
+    den = reference_prior("mri")
+    n = den.unet.image_size
     g = torch.Generator().manual_seed(0)
-    S = torch.view_as_complex(torch.randn(4, 32, 32, 2, generator=g))
+    S = torch.view_as_complex(torch.randn(4, n, n, 2, generator=g))
     S = S / (S.abs() ** 2).sum(0).sqrt()
-    mask = torch.zeros(32, 32)
+    mask = torch.zeros(n, n)
     mask[:, ::4] = 1
-    mask[:, 14:18] = 1
+    mask[:, n // 2 - 4:n // 2 + 4] = 1
     op = MultiCoilMRI(mask, S)
-    x = 0.5 * torch.complex(torch.rand(1, 32, 32, generator=g), torch.zeros(1, 32, 32))
+    x = 0.5 * torch.complex(torch.rand(1, n, n, generator=g), torch.zeros(1, n, n))
     r = DDS(_quiet(nfe=2, log_every=1), den, seed=0)(op(x), op)
-    assert r.x_hat.shape == (1, 32, 32) and r.x_hat.dtype == torch.complex64
+    assert r.x_hat.shape == (1, n, n) and r.x_hat.dtype == torch.complex64
     assert torch.isfinite(torch.view_as_real(r.x_hat)).all()
     h = r.history
     assert all(a < b for a, b in zip(h["residual"], h["residual_tweedie"])), h
 
 
 # ----------------------------------------------------------------------------- batches with seeds
-class ConvDenoiser(GaussianDenoiser):
-    """Gaussian MMSE ε plus a small fixed random 2-layer convolution (mixes neighbouring pixels,
-    differentiable, follows the input's dtype): a stand-in prior called on the whole batch."""
-
-    def __init__(self, is_complex, seed=0):
-        super().__init__(is_complex)
-        g = torch.Generator().manual_seed(seed)
-        c = 2 if is_complex else 1
-        self.w1 = 0.3 * torch.randn(4, c, 3, 3, generator=g, dtype=torch.float64)
-        self.w2 = 0.3 * torch.randn(c, 4, 3, 3, generator=g, dtype=torch.float64)
-
-    def eps(self, x_t, t):
-        h = torch.view_as_real(x_t).permute(0, 3, 1, 2) if self.is_complex else x_t[:, None]
-        h = torch.nn.functional.conv2d(h, self.w1.to(h.dtype), padding=1)
-        h = torch.nn.functional.conv2d(torch.tanh(h + t / 1000.0), self.w2.to(h.dtype), padding=1)
-        h = (torch.view_as_complex(h.permute(0, 2, 3, 1).contiguous()) if self.is_complex
-             else h[:, 0])
-        return super().eps(x_t, t) + 0.02 * h
-
-
 def _batch_problem(cplx, B=3):
     """``B`` different slices: per-slice masks (MRI) or one shared matrix (CT), float64."""
     if cplx:
@@ -398,7 +294,8 @@ def _rel(a, b):
 def test_seeded_batch_equals_single_runs(name, cplx):
     """Slice b of a batch with seeds [5, 6, 7] = a single run with seed 5 / 6 / 7 (float64, the
     prior called on the whole batch); per-slice callbacks and Results match the single runs'."""
-    from solvers.batched import make_batched_solver, split_result
+    import solvers
+    from solvers.base import split_result
 
     x, y, op, singles = _batch_problem(cplx)
     den = ConvDenoiser(cplx)
@@ -408,7 +305,7 @@ def test_seeded_batch_equals_single_runs(name, cplx):
     seeds = [5, 6, 7]
     seen = [[] for _ in seeds]
     cbs = [lambda k, xk, info, b=b: seen[b].append((k, xk, info)) for b in range(3)]
-    solver = make_batched_solver(name, cfg, den, seeds=seeds)
+    solver = solvers.make_solver(name, cfg, den, seeds=seeds)
     assert isinstance(solver, cls) and solver.seeds == seeds
     res = solver(y, op, x_gt=x, callback=cbs)
     parts = split_result(res)
@@ -434,10 +331,16 @@ def test_seeded_batch_equals_single_runs(name, cplx):
     # the batch-mean history is still there, and the per-slice residuals differ between slices
     assert res.history["residual"][-1] == pytest.approx(
         sum(p.history["residual"][-1] for p in parts) / 3, rel=1e-12)
-    # without seeds the slices share one stream: slice 1 is not the seed-6 single run
+    # without seeds every slice uses `seed`: slice 1 is not the seed-6 single run, but it is the
+    # one-slice run of slice 1 with seed 5, whatever its batch mates
     shared = cls(cfg, den, seed=5)(y, op)
     assert torch.equal(shared.x_hat[0:1], cls(cfg, den, seed=5)(y, op).x_hat[0:1])
     assert _rel(shared.x_hat[1:2], res.x_hat[1:2]) > 1e-3
+    assert shared.info["seed"] == 5 and "seeds" not in shared.info
+    for b in range(3):
+        one = cls(cfg, den, seed=5)(y[b:b + 1], singles[b])
+        assert _rel(shared.x_hat[b:b + 1], one.x_hat) < 1e-10, b
+        assert split_result(shared)[b].info["seed"] == 5
 
 
 def test_seeded_float32_batch_matches_single_runs():

@@ -174,7 +174,7 @@ def test_same_command_is_bit_identical_and_seed_changes_result(runs):
 
 @pytest.fixture(scope="module")
 def priors():
-    from models.denoiser import load_prior
+    from models.priors import load_prior
 
     return {"MRI": load_prior("demo_mri_64"), "CT": load_prior("demo_ct_64")}
 
@@ -356,7 +356,7 @@ def test_bad_input_clear_error(error_runs, case):
 def test_demo_config_covers_both_modalities_with_shipped_files():
     import solvers
     from configs.demo import get_config
-    from configs.priors import get_prior_config
+    from models.priors import get_prior_config
     from physics import modality_of
 
     cfg = get_config()

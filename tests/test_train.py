@@ -8,7 +8,7 @@ import torch
 
 import train as train_mod
 from configs.train_prior import get_config
-from models.denoiser import load_prior
+from models.priors import load_prior
 
 
 def _tiny_config(tmp_path, modality):

@@ -1,4 +1,7 @@
-"""Configurations of the diffusion priors (ADM / guided-diffusion ``UNetModel``).
+"""The registry of known diffusion priors (ADM / guided-diffusion ``UNetModel``).
+
+A leaf module (imports ``ml_collections`` only), so that ``models/checkpoint.py`` can name the
+known priors in its errors; :mod:`models.priors` is the public face (``load_prior`` + this API).
 
 Every entry of :data:`PRIORS` is an ``ml_collections.ConfigDict`` with
 
@@ -16,10 +19,10 @@ Every entry of :data:`PRIORS` is an ``ml_collections.ConfigDict`` with
 * ``checkpoint``       – default checkpoint path (relative to the repository root);
 * ``alt_names``        – other names under which the same file circulates;
 * ``num_params`` / ``num_tensors`` – of the released checkpoints (``None`` for the demo priors:
-  they depend on the lead's final tuning); a float32 checkpoint is ≈ ``4·num_params`` bytes.
+  they are trained in this repository); a float32 checkpoint is ≈ ``4·num_params`` bytes.
 
 The released DDS checkpoints (``AAPM256_1M``, ``fastmri_knee_320_complex_1m``) were verified
-against ``/work/shared/reference/manifest_*.json`` (see ``tests/test_adm_reference.py``).
+against the manifests of the released files (see ``tests/test_adm_reference.py``).
 """
 from __future__ import annotations
 
@@ -168,6 +171,20 @@ def get_prior_config(name: str) -> ml_collections.ConfigDict:
         raise KeyError(f"unknown diffusion prior {name!r}; known priors: {', '.join(PRIORS)} "
                        f"(aliases: {', '.join(ALIASES)})")
     return copy.deepcopy(PRIORS[key])
+
+
+def prior_for_file(path: str | Path) -> ml_collections.ConfigDict | None:
+    """The prior config whose file name matches ``path`` (its name, an alias, its default
+    checkpoint file or one of its ``alt_names``), or ``None``."""
+    name = Path(path).name
+    try:
+        return get_prior_config(name)
+    except KeyError:
+        pass
+    for key, cfg in PRIORS.items():
+        if name in {Path(cfg.checkpoint).name, *list(cfg.alt_names)}:
+            return get_prior_config(key)
+    return None
 
 
 def model_kwargs(cfg: Any) -> dict:
