@@ -20,7 +20,7 @@ Each phase is timed in two variants in the same run, and their ratio is reported
   (for ``solve``: the one-slice-at-a-time solver with ``log_every=1``, i.e. a sync every step);
 * ``opt``: bf16 autocast (CUDA; on CPU only with ``--bf16_cpu``), channels_last, ``torch.compile``
   with ``--compile``, fused Adam on CUDA, no per-step sync (one sync at the end of the timed
-  loop; for ``solve``: ``solvers.batched`` with all ``--batch_sizes[-1]`` slices at once, time per
+  loop; for ``solve``: one solve of all ``--batch_sizes[-1]`` slices at once, time per
   slice).
 
 FLOPs of one DIP step and one prior call come from ``torch.utils.flop_counter.FlopCounterMode``
@@ -31,7 +31,7 @@ H100/H200 SXM bf16 dense when the CUDA device is one, else unset → MFU omitted
 ``ru_maxrss`` after the phase (monotone over the run, so an upper bound per phase).
 
 ``--batch_sizes`` also gives the batched-throughput table: seconds per slice for ``B`` slices
-solved together by ``solvers.batched.BatchedUDiGDIP`` vs one slice at a time.
+solved together by one ``solvers.udig_dip.UDiGDIP`` solve vs one slice at a time.
 
 Writes ``--out`` (JSON: machine, settings, rows) and prints markdown tables for the README.
 """
@@ -70,7 +70,7 @@ def define_flags() -> None:
                         "(configs/priors.py names or checkpoint paths).")
     flags.DEFINE_float("peak_tflops", None, "Peak TFLOP/s for MFU (default: 989 on an H100/H200, else unset).")
     flags.DEFINE_boolean("compile", False, "torch.compile the networks in the optimised variant (timing only: "
-                         "outputs are not checked; the batched nets refuse compile on CUDA, see solvers.batched).")
+                         "outputs are not checked; the DIP solvers refuse compile on CUDA, see solvers/perf.py).")
     flags.DEFINE_boolean("bf16_cpu", False, "Use bf16 autocast in the optimised variant on CPU too.")
     flags.DEFINE_string("net_channels", "32,64,128,128", "DIPUNet widths (demo default).")
     flags.DEFINE_integer("threads", None, "torch.set_num_threads (default: torch's).")
@@ -87,7 +87,7 @@ def define_flags() -> None:
                          "convolution algorithms; the solvers run with cudnn.deterministic and no benchmark).")
     flags.DEFINE_integer("profile_batch", 0, "Batched DIP-step table: profile the eager step at this B "
                          "(torch.profiler, top ops by device time; 0 = off).")
-    flags.DEFINE_string("net_impls", "vmap", "Batched DIP-step table: comma list of solvers.batched.NET_IMPLS "
+    flags.DEFINE_string("net_impls", "vmap", "Batched DIP-step table: comma list of models.stacked_dip.NET_IMPLS "
                         "(vmap, grouped, grouped_cl); each gets its own rows and B=1 reference.")
     flags.DEFINE_boolean("graph_only", False, "Batched DIP-step table on CUDA: only the CUDA-graph rows.")
     flags.DEFINE_boolean("cuda_graph", False, "Batched DIP-step table: also time each B with the step replayed "
@@ -268,7 +268,8 @@ def optimised_denoiser(den, device: torch.device, bf16: bool, compile_: bool):
 def dip_step_fns(A, y, device, net_cfg, bf16: bool, compile_: bool, lam: float = 1.0):
     """``(unopt_fn, opt_fn)``: one DIP Adam step each (fresh nets/optimisers per variant)."""
     from models.dip_unet import build_dip_net
-    from solvers.common import dip_loss, initial_input, net_output
+    from solvers.common import initial_input, net_output
+    from solvers.dip_loop import dip_loss
     from utils.complex import from_channels, to_channels
 
     is_complex = bool(A.is_complex)
@@ -280,7 +281,7 @@ def dip_step_fns(A, y, device, net_cfg, bf16: bool, compile_: bool, lam: float =
     def unopt():
         opt_u.zero_grad(set_to_none=True)
         x = net_output(net_u, z, is_complex)
-        loss, _, _ = dip_loss(x, y, A, lam, z)
+        loss = dip_loss(x, y, A, lam, z)[0].sum()
         loss.backward()
         opt_u.step()
         return loss.detach()
@@ -298,7 +299,7 @@ def dip_step_fns(A, y, device, net_cfg, bf16: bool, compile_: bool, lam: float =
         with ctx:
             out = fwd_net(zc)
         x = from_channels(out.float(), is_complex)
-        loss, _, _ = dip_loss(x, y, A, lam, z)
+        loss = dip_loss(x, y, A, lam, z)[0].sum()
         loss.backward()
         opt_o.step()
         return loss.detach()
@@ -309,23 +310,27 @@ def dip_step_fns(A, y, device, net_cfg, bf16: bool, compile_: bool, lam: float =
 def batched_dip_step_fn(A, y, device, net_cfg, B: int, bf16: bool, compile_: bool, lam: float = 1.0,
                         graph: bool = False, impl: str = "vmap"):
     """One optimiser step of ``B`` independent DIP nets on slices ``y[:B]`` — the solvers' own
-    step (``solvers.batched.BatchedDIPStep``: one vmapped forward/backward, :class:`StackedAdam`),
+    step (``solvers.engines.DIPEngine``: one forward/backward of the B nets, ``StackedAdam``),
     replayed from a CUDA graph when ``graph``; no host sync.  Returns the per-slice losses."""
-    from solvers.batched import BatchedDIPNets, BatchedDIPStep, StackedAdam, stack_physics
-    from solvers.common import initial_input
+    from models.stacked_dip import StackedDIPNets
+    from physics import finite_checks, stack_physics
+    from solvers.common import initial_input, net_output
+    from solvers.dip_loop import dip_loss
+    from solvers.engines import DIPEngine
 
     is_complex = bool(A.is_complex)
     Ab = stack_physics([_slice_physics(A, b % y.shape[0]) for b in range(B)])
     yb = torch.cat([y[b % y.shape[0]][None] for b in range(B)])
     z = initial_input(yb, Ab, "input_image")
-    nets = BatchedDIPNets(net_cfg, is_complex, list(range(B)), device=device, compile=compile_, impl=impl)
-    opt = StackedAdam(nets.parameters(), B, lr=1e-4, capturable=graph)
-    stepper = BatchedDIPStep(lambda zz: nets.output(zz, is_complex, bf16), opt, Ab, yb, lam, "mean", graph=graph)
+    nets = StackedDIPNets(net_cfg, is_complex, list(range(B)), device=device, compile=compile_, impl=impl)
+    engine = DIPEngine(nets, lambda net, zz: net_output(net, zz, is_complex), lambda x, zz: dip_loss(x, yb, Ab, lam, zz),
+                       lr=1e-4, cuda_graph=graph, bf16=bf16)
 
     def step():
-        return stepper(z, z)[1]
+        with finite_checks(Ab, False):       # as in the solvers: no per-call host sync
+            return engine.step(z).total
 
-    step.stepper = stepper
+    step.stepper = engine
     return step
 
 
@@ -386,7 +391,6 @@ def solve_fns(name, den_u, den_o, A, y, device, steps, net_cfg, bf16, compile_, 
     """``(unopt_fn, opt_fn, opt_batch)``: a short solve of one slice one at a time (sync every
     step) vs ``batch`` slices at once (time per slice = time / batch)."""
     import solvers
-    from solvers.batched import make_batched_solver
 
     if name == "dds":
         def unopt():
@@ -405,13 +409,13 @@ def solve_fns(name, den_u, den_o, A, y, device, steps, net_cfg, bf16, compile_, 
 
     def unopt():
         s = solvers.make_solver(name, {**cfg, "log_every": 1}, den_u if solvers.needs_prior(name) else None,
-                                seed=0, device=device)
+                                seed=0, device=device, perf={"cuda_graph": "off"})
         return s(yb, _slice_physics(Ab, 0)).x_hat.abs().sum()
 
     def opt():
-        bcfg = {**cfg, "log_every": 10 ** 9, "perf": {"bf16": bf16, "bf16_cpu": bf16, "compile": compile_}}
-        s = make_batched_solver(name, bcfg, den_o if solvers.needs_prior(name) else None,
-                                seeds=list(range(batch)), device=device)
+        s = solvers.make_solver(name, {**cfg, "log_every": 10 ** 9}, den_o if solvers.needs_prior(name) else None,
+                                seeds=list(range(batch)), device=device,
+                                perf={"bf16": bf16, "bf16_cpu": bf16, "compile": compile_})
         return s(y[:batch], A).x_hat
     return unopt, opt, batch
 
@@ -460,7 +464,7 @@ def run(argv_flags=None) -> dict:
         "notes": [
             "unopt = float32, default memory format, eager, .item() sync after every call/step; "
             "opt = bf16 autocast (CUDA, CPU only with --bf16_cpu), channels_last, --compile, fused Adam on CUDA, "
-            "no per-step sync; solve/opt = solvers.batched with max(batch_sizes) slices, time per slice",
+            "no per-step sync; solve/opt = one solve of max(batch_sizes) slices, time per slice",
             "FLOPs: torch.utils.flop_counter.FlopCounterMode (conv/matmul/attention only; FFT, sparse CT "
             "products and element-wise ops not counted)",
             "CPU peak memory = process ru_maxrss high-water mark after the phase (monotone over the run)",
@@ -540,7 +544,7 @@ def run(argv_flags=None) -> dict:
                                                  "error": f"{type(e).__name__}: {e}",
                                                  "trace": traceback.format_exc(limit=3)})
                         continue
-                    if graph and fn.stepper.graph is None:
+                    if graph and not fn.stepper.graph_used:
                         result["errors"].append({"device": str(device), "modality": mod,
                                                  "phase": f"dip_batched B={B} graph=True",
                                                  "error": f"not captured: {fn.stepper.graph_error}"})
@@ -641,14 +645,14 @@ def compile_check(device: torch.device, out: Path, size: int = 64, budget_s: flo
     compiled outputs (and gradients) of the demo DIP U-Net, one case at a time, cheapest-to-explain
     first; the JSON is rewritten after every case so a timeout keeps what finished.
 
-    Cases: ``vmap_fwd`` (BatchedDIPNets, B=2, the failing setting), ``plain_fwd`` (one nn.Module,
+    Cases: ``vmap_fwd`` (StackedDIPNets, B=2, the failing setting), ``plain_fwd`` (one nn.Module,
     no vmap), ``vmap_fwd_norm_none`` (no BatchNorm), ``vmap_fwd_bwd`` (parameter gradients); backends
     ``inductor`` and ``aot_eager`` (no code generation).  ``rel_err`` = ‖compiled − eager‖ / ‖eager‖.
     """
     import time
 
     from models.dip_unet import build_dip_net
-    from solvers.batched import BatchedDIPNets
+    from models.stacked_dip import StackedDIPNets
 
     net = {"channels": (32, 64, 128, 128)}
     g = torch.Generator().manual_seed(0)
@@ -663,7 +667,7 @@ def compile_check(device: torch.device, out: Path, size: int = 64, budget_s: flo
         return float((a - b).norm() / b.norm())
 
     def vmap_case(norm):
-        nets = BatchedDIPNets({**net, "norm": norm}, True, [0, 1], device=device)
+        nets = StackedDIPNets({**net, "norm": norm}, True, [0, 1], device=device)
         return nets, lambda fn: fn(nets.params, nets.buffers, x2)
 
     def sgd_steps(fn, nets, n=5, lr=1e-3):

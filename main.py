@@ -16,11 +16,10 @@ Ground truth reaches the solver only as ``x_gt`` for the metrics callback; the r
 is computed from ``y`` alone (tests check bit-identity with and without it).
 
 With ``--batch_size=B > 1`` (:func:`run_chunk`) each rank groups its slices into chunks of ``B``;
-uDiG-DIP, aSeqDIP, DIP, DDS and DPS (:data:`BATCHED_SOLVERS`) reconstruct the unfinished slices of a
-chunk in ONE batched solve (``solvers.batched.make_batched_solver``: the operators stacked with
-``stack_physics``, the same ``y`` and seed per slice as a one-at-a-time run — one DIP network per
-slice, or for DDS/DPS one noise stream per slice — so the results agree up to float rounding),
-the other solver (SGDIP) still runs one slice at a time.  Each slice is saved as in the
+the solvers of :data:`BATCHED_SOLVERS` reconstruct the unfinished slices of a chunk in ONE solve
+(``solvers.make_solver(..., seeds=[one per slice])``: the operators stacked with ``stack_physics``,
+the same ``y`` and seed per slice as a one-at-a-time run — one DIP network per slice, or for
+DDS/DPS one noise stream per slice — so the results agree up to float rounding).  Each slice is saved as in the
 one-slice path; its ``seconds`` are the batch's time / (slices in the batch), and ``result.json``
 records the batch under ``extra``.
 """
@@ -56,14 +55,14 @@ flags.DEFINE_string("workdir", None, "Root folder of run folders (overrides conf
 flags.DEFINE_string("name", None, "Run name (suffix of the run folder).")
 flags.DEFINE_string("resume", None, "Reopen this run folder and skip its finished slices.")
 flags.DEFINE_integer("max_slices", None, "Use at most this many slices per degradation.")
-flags.DEFINE_integer("batch_size", None, "Slices per batched solve of udigdip / aseqdip / dip / dds / dps; "
-                     "the other solvers run one slice at a time (overrides config.batch_size; "
+flags.DEFINE_integer("batch_size", None, "Slices per batched solve of udigdip / aseqdip / dip / sgdip / dds / "
+                     "dps; other solvers run one slice at a time (overrides config.batch_size; "
                      "1 = no batching).")
 
-#: Solvers with a batched variant (``solvers.batched.make_batched_solver``).
-BATCHED_SOLVERS = ("udigdip", "aseqdip", "dip", "dds", "dps")
-#: Batched solvers whose config takes ``perf`` (``config.perf``: bf16 / compile of the DIP nets).
-PERF_SOLVERS = ("udigdip", "aseqdip", "dip")
+#: Solvers that reconstruct several slices in one solve (``seeds``: one per slice).
+BATCHED_SOLVERS = ("udigdip", "aseqdip", "dip", "sgdip", "dds", "dps")
+#: Solvers that take ``perf`` (``config.perf``, ``solvers/perf.py``: the DIP solvers).
+PERF_SOLVERS = tuple(n for n in solvers.REGISTRY if solvers.takes_perf(n))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -120,30 +119,19 @@ def check_batch_size(cfg) -> int:
     return bs
 
 
-def batched_solver_config(cfg, name: str, modality: str):
-    """The solver's config (:func:`solver_config_for`) plus, for :data:`PERF_SOLVERS`, ``perf`` =
-    ``cfg.perf`` (bf16 / compile switches of ``solvers.batched``; DDS/DPS have no such field)."""
-    c = solver_config_for(cfg, name, modality)
-    perf = cfg.get("perf")
-    if perf is not None and name in PERF_SOLVERS:
-        with c.unlocked():
-            c.perf = perf.to_dict() if hasattr(perf, "to_dict") else dict(perf)
-    return c
-
-
 def graph_path(cfg, name: str, device) -> bool:
-    """Whether solver ``name`` runs through its batched variant to replay its DIP steps from a CUDA
-    graph (``config.perf.cuda_graph``, "auto" = on CUDA), even for a single slice."""
-    from solvers.batched import graph_wanted
+    """Whether solver ``name`` replays its DIP steps from a CUDA graph (``config.perf.cuda_graph``,
+    "auto" = on CUDA); such chunks go through :func:`solve_batch` even for a single slice."""
+    from solvers.perf import graph_wanted
 
     return name in PERF_SOLVERS and graph_wanted(cfg.get("perf"), torch.device(device))
 
 
-def make_batched(cfg, name: str, modality: str, denoiser, seeds, device):
-    from solvers.batched import make_batched_solver
-
-    return make_batched_solver(name, batched_solver_config(cfg, name, modality),
-                               denoiser if solvers.needs_prior(name) else None, seeds=seeds, device=device)
+def make_solver(cfg, name: str, modality: str, denoiser, device, seed: int, seeds=None):
+    """Solver ``name`` with its config for ``modality`` and the run's ``config.perf`` (DIP solvers)."""
+    return solvers.make_solver(name, solver_config_for(cfg, name, modality),
+                               denoiser if solvers.needs_prior(name) else None, seed=seed, device=device,
+                               seeds=seeds, perf=cfg.get("perf"))
 
 
 def load_samples(cfg, modality: str):
@@ -204,15 +192,9 @@ def check_prior_matches(denoiser, sample, modality: str) -> None:
 def check_solver_configs(cfg, names, denoiser, device, modality: str) -> None:
     """Build every solver once (constructors only validate their config) so that a bad
     ``--config.solver_cfg.*`` value fails before any run folder is written."""
-    batched = cfg.get("batch_size", 1) > 1
     for name in names:
-        batched_here = (batched and name in BATCHED_SOLVERS) or graph_path(cfg, name, device)
         try:
-            solvers.make_solver(name, solver_config_for(cfg, name, modality),
-                                denoiser if solvers.needs_prior(name) else None,
-                                seed=cfg.seed, device=device)
-            if batched_here:
-                make_batched(cfg, name, modality, denoiser, [cfg.seed], device)
+            make_solver(cfg, name, modality, denoiser, device, cfg.seed)
         except (ValueError, KeyError, TypeError) as e:
             raise app.UsageError(f"invalid config of solver {name!r} "
                                  f"(--config.solver_cfg.{name}.*): {e}") from None
@@ -293,8 +275,7 @@ def _save(rd, name, job: SliceJob, x_hat, callback, seconds, solver_history, ext
 
 def solve_one(cfg, job: SliceJob, name, denoiser, device, rd) -> None:
     """Reconstruct one slice with solver ``name`` (seed ``job.seed``) and save it."""
-    solver = solvers.make_solver(name, solver_config_for(cfg, name, modality_of(job.deg)),
-                                 denoiser if solvers.needs_prior(name) else None, seed=job.seed, device=device)
+    solver = make_solver(cfg, name, modality_of(job.deg), denoiser, device, job.seed)
     callback = MetricsCallback(job.x_ref, every=1)
     with rd.timer(f"{name}/{job.name}") as timer:
         result = solver(job.y, job.physics, x_gt=job.x_ref, callback=callback)
@@ -317,9 +298,10 @@ def _stackable(jobs: list[SliceJob]) -> bool:
 
 
 def solve_batch(cfg, jobs: list[SliceJob], name, denoiser, device, rd) -> None:
-    """Reconstruct ``jobs`` with ONE batched solve of ``name`` (``solvers.batched``) and save each
-    slice as :func:`solve_one` would; slices that cannot be stacked run one at a time."""
-    from solvers.batched import split_result, stack_physics
+    """Reconstruct ``jobs`` with ONE solve of ``name`` over the slices (one seed per slice) and save
+    each slice as :func:`solve_one` would; slices that cannot be stacked run one at a time."""
+    from physics import stack_physics
+    from solvers.base import split_result
 
     B = len(jobs)
     physics = None
@@ -334,7 +316,7 @@ def solve_batch(cfg, jobs: list[SliceJob], name, denoiser, device, rd) -> None:
         for j in jobs:
             solve_one(cfg, j, name, denoiser, device, rd)
         return
-    solver = make_batched(cfg, name, modality_of(jobs[0].deg), denoiser, [j.seed for j in jobs], device)
+    solver = make_solver(cfg, name, modality_of(jobs[0].deg), denoiser, device, jobs[0].seed, [j.seed for j in jobs])
     callbacks = [MetricsCallback(j.x_ref, every=1) for j in jobs]
     y = torch.cat([j.y for j in jobs])
     x_ref = torch.cat([j.x_ref for j in jobs])
@@ -344,7 +326,7 @@ def solve_batch(cfg, jobs: list[SliceJob], name, denoiser, device, rd) -> None:
     logging.info("%s: %d slice%s in one batched solve (%s) in %.2f s (%.2f s per slice)",
                  name, B, "s" if B > 1 else "", ", ".join(j.name for j in jobs), seconds, seconds / B)
     batch = {"batch_size": B, "batch_slices": [j.name for j in jobs], "batch_seconds": seconds}
-    perf = result.info.get("config", {}).get("perf")
+    perf = result.info.get("perf")
     if perf is not None:
         batch["perf"] = perf
     if "cuda_graph" in result.info:      # was the DIP step replayed from a CUDA graph (perf.cuda_graph)
@@ -397,20 +379,14 @@ def main(argv):
                      ", ".join(n for n in names if n in BATCHED_SOLVERS) or "no solver",
                      f"; {', '.join(unbatched)} one slice at a time (no batched variant)" if unbatched else "")
     try:
-        graphs = [n for n in names if graph_path(cfg, n, device)]
-        if cfg.get("perf") is not None:
-            from solvers.batched import resolve_net_impl
+        from solvers.perf import validate
 
-            resolve_net_impl(cfg.perf.get("net_impl", "auto"), device)
+        validate(cfg.get("perf"))
+        graphs = [n for n in names if graph_path(cfg, n, device)]
     except ValueError as e:      # a bad perf.cuda_graph / perf.net_impl value
         raise app.UsageError(f"--config.perf: {e}") from None
     if graphs:
-        logging.info("CUDA graphs (config.perf.cuda_graph): %s run through the batched solver%s", ", ".join(graphs),
-                     " with one slice per solve" if batch_size == 1 else "")
-    elif batch_size == 1 and cfg.get("perf") is not None and any(
-            bool(v) for k, v in cfg.perf.to_dict().items() if k not in ("cuda_graph", "net_impl")):
-        logging.warning("config.perf (%s) applies to batched solves only (--batch_size > 1, or CUDA graphs "
-                        "on a CUDA device); ignored", cfg.perf.to_dict())
+        logging.info("CUDA graphs (config.perf.cuda_graph): %s replay their DIP steps", ", ".join(graphs))
     if FLAGS.resume is not None:
         if not Path(FLAGS.resume).is_dir():
             raise app.UsageError(f"--resume={FLAGS.resume}: no such run folder")

@@ -401,7 +401,8 @@ def _rel(a, b):
 def test_seeded_batch_equals_single_runs(name, cplx):
     """Slice b of a batch with seeds [5, 6, 7] = a single run with seed 5 / 6 / 7 (float64, the
     prior called on the whole batch); per-slice callbacks and Results match the single runs'."""
-    from solvers.batched import make_batched_solver, split_result
+    from solvers import make_solver
+    from solvers.base import split_result
 
     x, y, op, singles = _batch_problem(cplx)
     den = ConvDenoiser(cplx)
@@ -411,7 +412,7 @@ def test_seeded_batch_equals_single_runs(name, cplx):
     seeds = [5, 6, 7]
     seen = [[] for _ in seeds]
     cbs = [lambda k, xk, info, b=b: seen[b].append((k, xk, info)) for b in range(3)]
-    solver = make_batched_solver(name, cfg, den, seeds=seeds)
+    solver = make_solver(name, cfg, den, seeds=seeds)
     assert isinstance(solver, cls) and solver.seeds == seeds
     res = solver(y, op, x_gt=x, callback=cbs)
     parts = split_result(res)

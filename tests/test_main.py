@@ -680,7 +680,7 @@ def test_bad_batch_size_clear_error(bad_batch_runs, case):
 _ROUTING_SCRIPT = r"""
 import ml_collections
 import main as M
-from solvers.batched import parse_graph_mode
+from solvers.perf import parse_graph_mode
 
 calls = []
 M.prepare_slice = lambda cfg, deg, s, dev, seed: ("job", s, seed)
