@@ -186,6 +186,8 @@ class DIPSolver:
                        NoiseStreams.per_slice([s + 1 for s in seeds], device))
         plan = perf_policy.plan(self.perf, device, B)
         K, N = self.iterations()
+        if K < 1 or N < 1:
+            raise ValueError(f"{self.name}: need at least one outer iteration and one step, got K={K}, N={N}")
         lam = self.lam()
         log = _Log(B, c.log_every, callback, cbs, x_gt)
 
@@ -201,10 +203,9 @@ class DIPSolver:
                 lr=c.lr, betas=c.betas, weight_decay=c.weight_decay, in_channels=self.input_channels(),
                 trainable_input=z if self.input_lr() is not None else None, input_lr=self.input_lr())
             guard = _NaNGuard(engine, log.histories, int(c.max_nan_events))
-            x = z
             for k in range(K):
                 snap = engine.snapshot()
-                # (1) N optimiser steps on ‖A f_θ(z) − y‖² + λ‖f_θ(z) − z‖², z frozen
+                # (1) N optimiser steps on ‖A f_θ(z) − y‖² + λ‖f_θ(z) − z‖² (z frozen unless trained)
                 for i in range(1, N + 1):
                     step = k * N + i
                     check = log.due(step) or (k == K - 1 and i == N)

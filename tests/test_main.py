@@ -698,7 +698,7 @@ for graphs in (True, False):
     M.graph_path = lambda cfg, name, dev, g=graphs: g and name in M.PERF_SOLVERS
     M.run_chunk(cfg, "MRI-multi", [(0, type("S", (), {"name": "a"})())], ["udigdip", "dds", "sgdip"],
                 None, "cpu", RD())
-    want = [("batch" if graphs else "one", "udigdip", 1), ("one", "dds", 1), ("one", "sgdip", 1)]
+    want = [("batch" if graphs else "one", "udigdip", 1), ("one", "dds", 1), ("batch" if graphs else "one", "sgdip", 1)]
     assert calls == want, (graphs, calls)
 assert [parse_graph_mode(v) for v in (True, "ON", "false", "auto", 0)] == ["on", "on", "off", "auto", "off"]
 try:
@@ -711,7 +711,7 @@ print("ROUTING OK")
 
 
 def test_cuda_graph_routing_sends_single_slices_to_the_batched_solver():
-    """Where CUDA graphs apply (``main.graph_path``; "auto" = CUDA only), udigdip/aseqdip/dip go
+    """Where CUDA graphs apply (``main.graph_path``; "auto" = CUDA only), the DIP solvers go
     through the batched solver even for a chunk of one slice; other solvers, and every solver
     without graphs, one at a time.  (A subprocess: main's absl flags must not meet train's.)"""
     out = subprocess.run([PY, "-c", _ROUTING_SCRIPT], cwd=ROOT, env=_env(), capture_output=True, text=True,
