@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping, Optional
+from typing import Any, Optional
 
 import torch
 

@@ -17,11 +17,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import torch.nn as nn
 
 import solvers
-from models.denoiser import Denoiser
-from models.diffusion import DiffusionSchedule
 from models.dip_unet import build_dip_net
 from physics import stack_physics
 from physics.mri import MultiCoilMRI
@@ -30,47 +27,13 @@ from solvers.dip import VanillaDIP
 from solvers.seqdip import SeqDIP
 from solvers.sgdip import SelfGuidedDIP
 from solvers.udig_dip import UDiGDIP
+from tests.dip_problems import H, eps_denoiser as _denoiser, mri_problems as _problem
 from utils.complex import from_channels, to_channels
 from utils.rng import NoiseStreams, make_generator, randn_like
 
-H = 16
 NET = {"channels": (4, 8, 8)}
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-class _EpsNet(nn.Module):
-    """Small deterministic ε-network (dtype-following) for a real Denoiser."""
-
-    def __init__(self, ch: int, dtype):
-        super().__init__()
-        g = torch.Generator().manual_seed(0)
-        self.c = nn.Conv2d(ch, ch, 3, padding=1).to(dtype)
-        with torch.no_grad():
-            self.c.weight.copy_(0.1 * torch.randn(self.c.weight.shape, generator=g, dtype=dtype))
-            self.c.bias.copy_(0.1 * torch.randn(self.c.bias.shape, generator=g, dtype=dtype))
-
-    def forward(self, x, t):
-        return self.c(x) * (1 + t.view(-1, 1, 1, 1).to(x.dtype) / 1000)
-
-
-def _denoiser(dtype=torch.float32, cplx=True):
-    return Denoiser(_EpsNet(2 if cplx else 1, dtype), DiffusionSchedule(), is_complex=cplx, learn_sigma=False)
-
-
-def _problem(dtype, B=2):
-    """``B`` one-slice MRI problems (own masks and images): (operators, measurements)."""
-    cdt = torch.complex128 if dtype == torch.float64 else torch.complex64
-    ops, ys = [], []
-    for b in range(B):
-        g = torch.Generator().manual_seed(b)
-        m = (torch.rand(H, generator=g) < 0.4).to(dtype)
-        m[6:10] = 1
-        A = MultiCoilMRI(m.expand(H, H).clone())
-        x = (0.5 * torch.randn(1, H, H, generator=g, dtype=dtype)).to(cdt)
-        ops.append(A)
-        ys.append(A(x))
-    return ops, ys
 
 
 def _cfg(**over):

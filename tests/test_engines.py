@@ -14,30 +14,16 @@ import torch
 from models.dip_unet import build_dip_net
 from models.stacked_dip import StackedDIPNets, grouped_forward
 from physics import finite_checks, stack_physics
-from physics.mri import MultiCoilMRI
 from solvers.common import net_output
 from solvers.dip_loop import dip_loss
 from solvers.engines import DIPEngine
 from solvers.optim import StackedAdam
+from tests.dip_problems import H, mri_problems
 from utils.complex import from_channels, to_channels
 
-H = 16
 NET = {"channels": (4, 8, 8)}
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _mri(dtype=torch.float32, B=2):
-    cdt = torch.complex128 if dtype == torch.float64 else torch.complex64
-    ops, ys = [], []
-    for b in range(B):
-        g = torch.Generator().manual_seed(b)
-        m = (torch.rand(H, generator=g) < 0.4).to(dtype)
-        m[6:10] = 1
-        A = MultiCoilMRI(m.expand(H, H).clone())
-        ops.append(A)
-        ys.append(A((0.5 * torch.randn(1, H, H, generator=g, dtype=dtype)).to(cdt)))
-    return ops, ys
 
 
 # ------------------------------------------------------------------------------------ StackedAdam
@@ -238,7 +224,7 @@ def _engine(A, y, seeds, device="cpu", impl="grouped_cl", graph=False, lr=3e-3, 
 def test_engine_rolls_back_one_slice_and_scales_its_learning_rates():
     """snapshot / restore(mask) act on the masked slices only (network and trainable input);
     scale_lr changes that slice's learning rates (networks and input)."""
-    ops, ys = _mri()
+    ops, ys = mri_problems(torch.float32)
     A, y = stack_physics(ops), torch.cat(ys)
     z = A.adjoint(y).requires_grad_(True)
     eng = _engine(A, y, [0, 1], trainable=z)
@@ -264,7 +250,7 @@ def test_cuda_graph_step_equals_eager_step_with_rollback(modality, impl):
     """A DIPEngine step replayed from a CUDA graph = the same step run eagerly (capturable Adam),
     including a roll-back of one slice and an lr change between replays."""
     if modality == "MRI":
-        ops, ys = _mri()
+        ops, ys = mri_problems(torch.float32)
         A, y = stack_physics(ops).cuda(), torch.cat(ys).cuda()
         z, cplx = A.adjoint(y), True
     else:

@@ -23,16 +23,15 @@ import torch.nn as nn
 from models.denoiser import Denoiser
 from models.diffusion import DiffusionSchedule
 from physics import stack_physics
-from physics.mri import MultiCoilMRI
 from solvers import perf
 from solvers.base import split_result
 from solvers.seqdip import SeqDIP
 from solvers.udig_dip import UDiGDIP
+from tests.dip_problems import H, EpsNet, mri_problems as _problem
 from utils import distributed as D
 from utils.rng import NoiseStreams
 
 REPO = Path(__file__).resolve().parents[1]
-H = 16
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -56,35 +55,6 @@ def test_flop_counter_conv_matches_formula():
 
 
 # ------------------------------------------------------------------------------------ batched
-class _EpsNet(nn.Module):
-    """Small deterministic ε-network (dtype-following) for a real Denoiser."""
-
-    def __init__(self, ch: int, dtype):
-        super().__init__()
-        g = torch.Generator().manual_seed(0)
-        self.c = nn.Conv2d(ch, ch, 3, padding=1).to(dtype)
-        with torch.no_grad():
-            self.c.weight.copy_(0.1 * torch.randn(self.c.weight.shape, generator=g, dtype=dtype))
-            self.c.bias.copy_(0.1 * torch.randn(self.c.bias.shape, generator=g, dtype=dtype))  # seeded too
-
-    def forward(self, x, t):
-        return self.c(x) * (1 + t.view(-1, 1, 1, 1).to(x.dtype) / 1000)
-
-
-def _problem(dtype, B=2):
-    cdt = torch.complex128 if dtype == torch.float64 else torch.complex64
-    ops, ys = [], []
-    for b in range(B):
-        g = torch.Generator().manual_seed(b)
-        m = (torch.rand(H, generator=g) < 0.4).to(dtype)
-        m[6:10] = 1
-        A = MultiCoilMRI(m.expand(H, H).clone())
-        x = (0.5 * torch.randn(1, H, H, generator=g, dtype=dtype)).to(cdt)
-        ops.append(A)
-        ys.append(A(x))
-    return ops, ys
-
-
 def _cfg(**over):
     c = dict(net={"channels": (4, 8, 8)}, lr=3e-3, log_every=2, disable_progress=True, num_outer=4,
              inner_steps=3, t_start=100, t_end=10, purify_start=0, purify_stop=3)
@@ -94,7 +64,7 @@ def _cfg(**over):
 
 def test_batched_purify_matches_single_purify_with_ddim_noise():
     dtype = torch.float64
-    den = Denoiser(_EpsNet(1, dtype), DiffusionSchedule(), is_complex=False, learn_sigma=False)
+    den = Denoiser(EpsNet(1, dtype), DiffusionSchedule(), is_complex=False, learn_sigma=False)
     x = torch.rand(3, H, H, dtype=dtype)
     gens = [torch.Generator().manual_seed(s) for s in (1, 2, 3)]
     out = den.purify(x, 200, num_steps=3, eta=0.5, noise=NoiseStreams(generators=gens))
@@ -163,7 +133,7 @@ def test_cuda_graph_flag_on_cpu_warns_and_runs_eagerly():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_graph_solver_matches_eager_solver():
-    den = Denoiser(_EpsNet(2, torch.float32).cuda(), DiffusionSchedule(), is_complex=True, learn_sigma=False)
+    den = Denoiser(EpsNet(2, torch.float32).cuda(), DiffusionSchedule(), is_complex=True, learn_sigma=False)
     ops, ys = _problem(torch.float32)
     y, A = torch.cat(ys).cuda(), stack_physics(ops).cuda()
     ref = UDiGDIP(_cfg(), den, seeds=[10, 11], device="cuda", perf={"cuda_graph": "off"})(y, A)
