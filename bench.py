@@ -5,14 +5,18 @@
     python bench.py --size=16 --steps=2 --batch_sizes=1,2 --out=/tmp/b.json   # smoke test
 
 Per device (``--device``: ``auto`` = cpu and cuda if available) and modality (MRI: complex,
-4 synthetic coils, 4× uniform1d mask; CT: 23-view parallel beam):
+4 synthetic coils, 4× uniform1d mask; CT: 23-view parallel beam), the phases of :data:`PHASES`:
 
 * ``dip_step``: one DIP optimiser step (forward + backward + Adam) of ``models.dip_unet.DIPUNet``
   (demo widths by default) with the physics data term ‖A f_θ(z) − y‖² + λ‖f_θ(z) − z‖²;
+* ``dip_batched``: one step of B independent DIP networks (``--dip_batch_sizes``, ``--net_impls``,
+  ``--cuda_graph``): time per slice-step and throughput against B = 1;
 * ``purify``: one ``Denoiser.purify`` call (forward noise + one Tweedie step = one prior call);
 * ``dds_step``: one DDS step (prior ε + Tweedie + 5-iteration CG data consistency + DDIM update);
 * ``solve``: a short full solve per slice (uDiG-DIP / aSeqDIP: ``num_outer=--steps``,
-  ``inner_steps=2``; DDS: ``nfe=--steps``).
+  ``inner_steps=2``; DDS: ``nfe=--steps``);
+* ``batched``: seconds per slice for ``B`` slices (``--batch_sizes``) solved together by the
+  batched uDiG-DIP (else aSeqDIP) vs one slice at a time.
 
 Each phase is timed in two variants in the same run, and their ratio is reported:
 
@@ -30,27 +34,25 @@ H100/H200 SXM bf16 dense when the CUDA device is one, else unset → MFU omitted
 ``torch.cuda.max_memory_allocated`` per phase on CUDA; on CPU the process high-water mark
 ``ru_maxrss`` after the phase (monotone over the run, so an upper bound per phase).
 
-``--batch_sizes`` also gives the batched-throughput table: seconds per slice for ``B`` slices
-solved together by one ``solvers.udig_dip.UDiGDIP`` solve vs one slice at a time.
-
-Writes ``--out`` (JSON: machine, settings, rows) and prints markdown tables for the README.
+Which phases run: ``--phases`` (default all of :data:`PHASES`), narrowed by ``--solvers``,
+``--prior_phases`` and ``--skip_solve``.  Writes ``--out`` (JSON: machine, settings, rows) and
+prints markdown tables (``docs/performance.md`` quotes them).
 """
 from __future__ import annotations
 
-import contextlib
-import copy
 import json
 import os
-import platform
-import resource
-import statistics
-import time
 import traceback
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
 from absl import app, flags
+
+from bench_steps import (batched_dip_step_fn, dds_step_fns, dip_step_fns, load_bench_prior, make_problem,
+                         optimised_denoiser, purify_fns, slice_physics, solve_fns)
+from utils.timing import count_flops, cpu_model, default_peak_tflops, machine_info, profile_ops, time_calls
 
 FLAGS = flags.FLAGS
 
@@ -86,43 +88,15 @@ def define_flags() -> None:
     flags.DEFINE_boolean("cudnn_benchmark", False, "torch.backends.cudnn.benchmark = True (autotuned "
                          "convolution algorithms; the solvers run with cudnn.deterministic and no benchmark).")
     flags.DEFINE_integer("profile_batch", 0, "Batched DIP-step table: profile the eager step at this B "
-                         "(torch.profiler, top ops by device time; 0 = off).")
+                         "(torch.profiler, top ops by GPU or CPU time; 0 = off).")
     flags.DEFINE_string("net_impls", "vmap", "Batched DIP-step table: comma list of models.stacked_dip.NET_IMPLS "
                         "(vmap, grouped, grouped_cl); each gets its own rows and B=1 reference.")
     flags.DEFINE_boolean("graph_only", False, "Batched DIP-step table on CUDA: only the CUDA-graph rows.")
+    flags.DEFINE_string("phases", ",".join(PHASES), "Comma list of phases to time, in this order: "
+                        + ", ".join(PHASES) + ".")
     flags.DEFINE_boolean("cuda_graph", False, "Batched DIP-step table: also time each B with the step replayed "
                          "from a CUDA graph (perf.cuda_graph; CUDA only). Throughput is relative to B=1 of the "
                          "same variant.")
-
-
-H100_BF16_DENSE_TFLOPS = 989.0
-
-
-# ------------------------------------------------------------------------------------ machine
-def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-def machine_info() -> dict:
-    gpus = []
-    if torch.cuda.is_available():
-        for i in range(torch.cuda.device_count()):
-            p = torch.cuda.get_device_properties(i)
-            gpus.append({"name": p.name, "memory_bytes": int(p.total_memory)})
-    return {"hostname": platform.node(), "cpu": cpu_model(), "cpu_count": os.cpu_count(),
-            "gpus": gpus, "torch": torch.__version__, "cuda": torch.version.cuda,
-            "threads": torch.get_num_threads(), "python": platform.python_version()}
-
-
-def default_peak_tflops(device: torch.device) -> Optional[float]:
-    # H100 and H200 SXM share the chip and its dense bf16 rate (datasheet 989 TFLOP/s)
-    if device.type == "cuda" and any(k in torch.cuda.get_device_name(device) for k in ("H100", "H200")):
-        return H100_BF16_DENSE_TFLOPS
-    return None
 
 
 def resolve_devices(spec: str) -> list[torch.device]:
@@ -140,327 +114,210 @@ def resolve_devices(spec: str) -> list[torch.device]:
     return out
 
 
-# ------------------------------------------------------------------------------------ timing
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+# ------------------------------------------------------------------------------------ the phases
+@dataclass
+class Case:
+    """What the phases of one (device, modality) pass share; rows go into ``result``."""
+    device: torch.device
+    modality: str
+    A: Any                    # operator of max(batch_sizes) slices, y its measurements
+    y: torch.Tensor
+    names: list               # solvers to time (udigdip, aseqdip, dds)
+    net_cfg: dict
+    bf16: bool                # the optimised variant's autocast
+    peak: Optional[float]     # TFLOP/s for MFU
+    result: dict
+    den_u: Any = None         # the prior, and its optimised twin (None when no phase needs it)
+    den_o: Any = None
+    A1: Any = field(init=False)
+    y1: torch.Tensor = field(init=False)
+
+    def __post_init__(self):
+        self.A1, self.y1 = slice_physics(self.A, 0), self.y[:1]
+
+    def error(self, phase: str, e: BaseException, trace: bool = True, **where) -> None:
+        row = {"device": str(self.device), "modality": self.modality, **where, "phase": phase,
+               "error": f"{type(e).__name__}: {e}"}
+        if trace:
+            row["trace"] = traceback.format_exc(limit=3)
+        self.result["errors"].append(row)
+
+    def record(self, solver: str, phase: str, fns, flops: Optional[int] = None, per_slice_div: int = 1) -> None:
+        """Time ``fns = (unopt, opt)``; one ``phases`` row per variant and their ratio in ``speedups``."""
+        F, row_pair = FLAGS, {}
+        for variant, fn, sync_each in (("unopt", fns[0], True), ("opt", fns[1], False)):
+            try:
+                r = time_calls(fn, self.device, F.steps if phase != "solve" else 1,
+                               F.warmup if phase != "solve" else 0, sync_each)
+            except Exception as e:
+                self.error(phase, e, solver=solver, variant=variant)
+                continue
+            div = per_slice_div if variant == "opt" else 1
+            row = {"device": str(self.device), "device_name": torch.cuda.get_device_name(self.device)
+                   if self.device.type == "cuda" else cpu_model(), "modality": self.modality, "solver": solver,
+                   "phase": phase, "variant": variant, "seconds": r["seconds"] / div,
+                   "slices_per_call": div, "peak_mem_bytes": r["peak_mem_bytes"],
+                   "peak_mem_kind": r["peak_mem_kind"]}
+            if flops:
+                row["flops"] = flops
+                row["tflops_per_s"] = flops / r["seconds"] / 1e12
+                if self.peak:
+                    row["mfu"] = row["tflops_per_s"] / self.peak
+                    row["peak_tflops"] = self.peak
+            self.result["phases"].append(row)
+            row_pair[variant] = row
+        if len(row_pair) == 2:
+            u, o = row_pair["unopt"]["seconds"], row_pair["opt"]["seconds"]
+            self.result["speedups"].append({"device": str(self.device), "modality": self.modality, "solver": solver,
+                                            "phase": phase, "unopt_s": u, "opt_s": o, "ratio": u / o})
 
 
-def reset_peak(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+def phase_dip_step(c: Case) -> None:
+    """One DIP optimiser step, unoptimised vs optimised."""
+    fns = dip_step_fns(c.A1, c.y1, c.device, c.net_cfg, c.bf16, bool(FLAGS.compile))
+    c.record("udigdip/aseqdip", "dip_step", fns, count_flops(fns[0]))
 
 
-def peak_memory(device: torch.device) -> dict:
-    if device.type == "cuda":
-        return {"peak_mem_bytes": int(torch.cuda.max_memory_allocated(device)), "peak_mem_kind": "cuda_max_allocated"}
-    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss   # KiB on Linux
-    return {"peak_mem_bytes": int(kib) * 1024, "peak_mem_kind": "cpu_process_maxrss"}
-
-
-def time_calls(fn: Callable[[], Any], device: torch.device, steps: int, warmup: int, sync_each: bool) -> dict:
-    """Seconds per call of ``fn`` (mean over ``steps`` after ``warmup``) and peak memory.
-
-    ``sync_each``: ``fn`` returns a tensor whose ``.item()`` is taken after every call (the
-    unoptimised habit); otherwise one device sync at the end of the loop."""
-    for _ in range(max(0, warmup)):
-        out = fn()
-        if sync_each and isinstance(out, torch.Tensor):
-            out.item()
-    sync(device)
-    reset_peak(device)
-    per = []
-    t0 = time.perf_counter()
-    for _ in range(max(1, steps)):
-        t1 = time.perf_counter()
-        out = fn()
-        if sync_each and isinstance(out, torch.Tensor):
-            out.item()
-        per.append(time.perf_counter() - t1)
-    sync(device)
-    total = time.perf_counter() - t0
-    n = max(1, steps)
-    return {"seconds": total / n, "seconds_median": statistics.median(per) if sync_each else None,
-            "calls": n, **peak_memory(device)}
-
-
-def count_flops(fn: Callable[[], Any]) -> int:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as fc:
-        fn()
-    return int(fc.get_total_flops())
-
-
-# ----------------------------------------------------------------------------------- problems
-def make_problem(modality: str, size: int, device: torch.device, seed: int = 0, batch: int = 1):
-    """``(physics, y [B,...], x [B,H,W])`` for a smooth synthetic phantom (batched operator)."""
-    from physics.coils import synthetic_coil_maps
-    from physics.ct import ParallelBeamCT
-    from physics.masks import get_mask
-    from physics.mri import MultiCoilMRI
-
-    H = W = int(size)
-    yy, xx = torch.meshgrid(torch.linspace(-1, 1, H), torch.linspace(-1, 1, W), indexing="ij")
-    imgs = []
-    for b in range(batch):
-        s = 0.05 * (b + seed)
-        img = ((xx / (0.8 - s)) ** 2 + (yy / 0.6) ** 2 < 1).float() * 0.7
-        img = img + ((xx - 0.2) ** 2 / 0.05 + (yy + 0.1 - s) ** 2 / 0.1 < 1).float() * 0.3
-        imgs.append(img)
-    x = torch.stack(imgs)
-    if modality == "MRI":
-        x = (x * torch.exp(1j * 0.5 * xx)).to(torch.complex64)
-        mask = get_mask("uniform1d", (H, W), 4.0, 0.08, seed=seed)
-        maps = synthetic_coil_maps(4, H, W, seed=seed)
-        A = MultiCoilMRI(mask, maps)
-    elif modality == "CT":
-        A = ParallelBeamCT(H, num_views=23)
-    else:
-        raise app.UsageError(f"unknown modality {modality!r}; use MRI or CT")
-    A = A.to(device)
-    x = x.to(device)
-    y = A(x)
-    return A, y, x
-
-
-def load_bench_prior(modality: str, device: torch.device, spec: str) -> tuple[Any, dict]:
-    """The prior and a description of where it came from (untrained fallback on failure)."""
-    from configs import priors as prior_configs
-    from models.adm_unet import create_adm_model
-    from models.denoiser import Denoiser, load_prior
-    from models.diffusion import DiffusionSchedule
-
-    demo = {"MRI": "demo_mri_64", "CT": "demo_ct_64"}[modality]
-    if spec in ("demo", "untrained"):
-        name = demo
-    else:
-        parts = [p.strip() for p in spec.split(",")]
-        name = parts[0] if modality == "MRI" or len(parts) == 1 else parts[1]
-    desc: dict = {"name": name}
-    if spec != "untrained":
+def phase_dip_batched(c: Case) -> None:
+    """One step of B independent DIP networks per ``--dip_batch_sizes`` B, net impl and graph mode."""
+    F = FLAGS
+    dip_bss = sorted({int(b) for b in (F.dip_batch_sizes or F.batch_sizes).split(",") if b.strip()})
+    one_flops = count_flops(dip_step_fns(c.A1, c.y1, c.device, c.net_cfg, False, False)[0])
+    cuda = c.device.type == "cuda"
+    graphs = [True] if F.graph_only and cuda else ([False, True] if F.cuda_graph and cuda else [False])
+    impls = [v.strip() for v in F.net_impls.split(",") if v.strip()]
+    base = None
+    for impl, graph, B in ((i, g, b) for i in impls for g in graphs for b in dip_bss):
+        base = None if B == dip_bss[0] else base
+        where = f"dip_batched B={B} graph={graph}"
         try:
-            den = load_prior(name, device=device)
-            desc.update(source="checkpoint", checkpoint=getattr(den, "checkpoint_path", None))
-            return den, desc
-        except Exception as e:  # checkpoint being rewritten / missing: time an untrained twin
-            desc["load_error"] = f"{type(e).__name__}: {e}"
-    cfg = prior_configs.get_prior_config(name)
-    unet = create_adm_model(prior_configs.model_kwargs(cfg)).to(device)
-    den = Denoiser(unet, DiffusionSchedule(**dict(cfg.schedule)), is_complex=bool(cfg.is_complex),
-                   learn_sigma=bool(cfg.learn_sigma))
-    desc.update(source="untrained create_adm_model (same config; timings/FLOPs identical, outputs meaningless)")
-    return den, desc
+            fn = batched_dip_step_fn(c.A, c.y, c.device, c.net_cfg, B, c.bf16, bool(F.compile), graph=graph,
+                                     impl=impl)
+            # a graph is captured after 3 eager steps: warm up past it
+            r = time_calls(fn, c.device, F.steps, max(1, F.warmup) + (4 if graph else 0), False)
+        except Exception as e:
+            c.error(f"{where} impl={impl}", e)
+            continue
+        if graph and not fn.stepper.graph_used:
+            c.result["errors"].append({"device": str(c.device), "modality": c.modality, "phase": where,
+                                       "error": f"not captured: {fn.stepper.graph_error}"})
+            continue
+        per = r["seconds"] / B
+        base = per if B == dip_bss[0] and B == 1 else base
+        row = {"device": str(c.device), "modality": c.modality, "B": B, "bf16": c.bf16, "compile": bool(F.compile),
+               "cuda_graph": graph, "net_impl": impl, "seconds_per_step": r["seconds"],
+               "seconds_per_slice_step": per,
+               "flops": one_flops * B, "tflops_per_s": one_flops * B / r["seconds"] / 1e12,
+               "peak_mem_bytes": r["peak_mem_bytes"], "peak_mem_kind": r["peak_mem_kind"]}
+        if base:
+            row["throughput_vs_B1"] = base / per
+        if c.peak:
+            row["mfu"] = row["tflops_per_s"] / c.peak
+        c.result["dip_batched"].append(row)
+        if B == F.profile_batch and not graph:
+            c.result["dip_profile"].append({"device": str(c.device), "modality": c.modality, "B": B,
+                                            "net_impl": impl, "top_ops": profile_ops(fn, c.device)})
 
 
-def optimised_denoiser(den, device: torch.device, bf16: bool, compile_: bool):
-    """A copy of ``den`` with channels_last weights, bf16 autocast, optional compile."""
-    from models.denoiser import Denoiser
-
-    unet = copy.deepcopy(den.unet).to(memory_format=torch.channels_last)
-    if compile_:
-        unet = torch.compile(unet)
-    return Denoiser(unet, den.schedule, is_complex=den.is_complex, learn_sigma=den.learn_sigma,
-                    autocast_bf16=bool(bf16))
+def phase_purify(c: Case) -> None:
+    """One purification (forward noise + one Tweedie step)."""
+    x = c.A1.input_image(c.y1)
+    c.record("udigdip", "purify", purify_fns(c.den_u, c.den_o, c.A1, c.y1, c.device),
+             count_flops(lambda: c.den_u.eps(x, 100)))
 
 
-# ------------------------------------------------------------------------------------- phases
-def dip_step_fns(A, y, device, net_cfg, bf16: bool, compile_: bool, lam: float = 1.0):
-    """``(unopt_fn, opt_fn)``: one DIP Adam step each (fresh nets/optimisers per variant)."""
-    from models.dip_unet import build_dip_net
-    from solvers.common import initial_input, net_output
-    from solvers.dip_loop import dip_loss
-    from utils.complex import from_channels, to_channels
-
-    is_complex = bool(A.is_complex)
-    z = initial_input(y, A, "input_image")
-
-    net_u = build_dip_net(net_cfg, is_complex, 0, device=device)
-    opt_u = torch.optim.Adam(net_u.parameters(), lr=1e-4, foreach=False)
-
-    def unopt():
-        opt_u.zero_grad(set_to_none=True)
-        x = net_output(net_u, z, is_complex)
-        loss = dip_loss(x, y, A, lam, z)[0].sum()
-        loss.backward()
-        opt_u.step()
-        return loss.detach()
-
-    net_o = build_dip_net(net_cfg, is_complex, 0, device=device).to(memory_format=torch.channels_last)
-    fused = device.type == "cuda"
-    opt_o = torch.optim.Adam(net_o.parameters(), lr=1e-4, fused=fused) if fused else \
-        torch.optim.Adam(net_o.parameters(), lr=1e-4, foreach=True)
-    fwd_net = torch.compile(net_o) if compile_ else net_o
-    zc = to_channels(z).contiguous(memory_format=torch.channels_last)
-
-    def opt():
-        opt_o.zero_grad(set_to_none=True)
-        ctx = torch.autocast(device_type=device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-        with ctx:
-            out = fwd_net(zc)
-        x = from_channels(out.float(), is_complex)
-        loss = dip_loss(x, y, A, lam, z)[0].sum()
-        loss.backward()
-        opt_o.step()
-        return loss.detach()
-
-    return unopt, opt
+def phase_dds_step(c: Case) -> None:
+    """One DDS step (prior, Tweedie, CG data consistency, DDIM update)."""
+    c.record("dds", "dds_step", dds_step_fns(c.den_u, c.den_o, c.A1, c.y1, c.device))
 
 
-def batched_dip_step_fn(A, y, device, net_cfg, B: int, bf16: bool, compile_: bool, lam: float = 1.0,
-                        graph: bool = False, impl: str = "vmap"):
-    """One optimiser step of ``B`` independent DIP nets on slices ``y[:B]`` — the solvers' own
-    step (``solvers.engines.DIPEngine``: one forward/backward of the B nets, ``StackedAdam``),
-    replayed from a CUDA graph when ``graph``; no host sync.  Returns the per-slice losses."""
-    from models.stacked_dip import StackedDIPNets
-    from physics import finite_checks, stack_physics
-    from solvers.common import initial_input, net_output
-    from solvers.dip_loop import dip_loss
-    from solvers.engines import DIPEngine
-
-    is_complex = bool(A.is_complex)
-    Ab = stack_physics([_slice_physics(A, b % y.shape[0]) for b in range(B)])
-    yb = torch.cat([y[b % y.shape[0]][None] for b in range(B)])
-    z = initial_input(yb, Ab, "input_image")
-    nets = StackedDIPNets(net_cfg, is_complex, list(range(B)), device=device, compile=compile_, impl=impl)
-    engine = DIPEngine(nets, lambda net, zz: net_output(net, zz, is_complex), lambda x, zz: dip_loss(x, yb, Ab, lam, zz),
-                       lr=1e-4, cuda_graph=graph, bf16=bf16)
-
-    def step():
-        with finite_checks(Ab, False):       # as in the solvers: no per-call host sync
-            return engine.step(z).total
-
-    step.stepper = engine
-    return step
+def phase_solve(c: Case) -> None:
+    """A short solve per solver: one slice at a time vs all ``max(batch_sizes)`` slices at once."""
+    F = FLAGS
+    for n in c.names:
+        u, o, div = solve_fns(n, c.den_u, c.den_o, c.A, c.y, c.device, F.steps, c.net_cfg, c.bf16,
+                              bool(F.compile), c.y.shape[0])
+        c.record(n, "solve", (u, o), per_slice_div=div)
 
 
-def profile_ops(fn: Callable[[], Any], device: torch.device, calls: int = 3, top: int = 15) -> list[dict]:
-    """The ``top`` ops by total device (CUDA) or CPU self time over ``calls`` calls of ``fn``
-    (``torch.profiler``), to see where a step's time goes."""
-    from torch.profiler import ProfilerActivity, profile
-
-    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with profile(activities=acts) as prof:
-        for _ in range(calls):
-            fn()
-        sync(device)
-    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    evs = sorted(prof.key_averages(), key=lambda e: getattr(e, key, 0.0), reverse=True)[:top]
-    return [{"name": e.key[:120], "count": e.count, "self_us_per_call": getattr(e, key, 0.0) / calls,
-             "self_cpu_us_per_call": e.self_cpu_time_total / calls} for e in evs]
-
-
-def purify_fns(den_u, den_o, A, y, device):
-    from solvers.common import initial_input
-
-    x = initial_input(y, A, "input_image")
-    g = torch.Generator(device=device).manual_seed(0)
-
-    def unopt():
-        return den_u.purify(x, 100, num_steps=1, noise=g).abs().sum()
-
-    def opt():
-        return den_o.purify(x, 100, num_steps=1, noise=g)
-
-    return unopt, opt
+def phase_batched(c: Case) -> None:
+    """Seconds per slice of B slices solved together vs one at a time (uDiG-DIP, else aSeqDIP)."""
+    F = FLAGS
+    bname = "udigdip" if "udigdip" in c.names else "aseqdip"
+    bss = sorted({int(b) for b in F.batch_sizes.split(",") if b.strip()})
+    args = (c.den_u, c.den_u, c.A, c.y, c.device, F.steps, c.net_cfg, False, False)
+    seq_u, _, _ = solve_fns(bname, *args, 1)
+    t_seq = time_calls(seq_u, c.device, 1, 0, True)["seconds"]
+    for B in bss:
+        _, bat, _ = solve_fns(bname, *args, B)
+        try:
+            r = time_calls(bat, c.device, 1, 0, False)
+        except Exception as e:
+            c.error(f"batched B={B}", e, trace=False)
+            continue
+        per = r["seconds"] / B
+        c.result["batched"].append({"device": str(c.device), "modality": c.modality, "solver": bname, "B": B,
+                                    "seconds_per_slice": per, "slices_per_s": 1.0 / per,
+                                    "sequential_seconds_per_slice": t_seq, "speedup_vs_sequential": t_seq / per,
+                                    "peak_mem_bytes": r["peak_mem_bytes"], "peak_mem_kind": r["peak_mem_kind"],
+                                    "dip_steps": F.steps * 2, "float32": True})
 
 
-def dds_step_fns(den_u, den_o, A, y, device):
-    from solvers.dds import DDS
-
-    x_t = torch.randn_like(A.adjoint(y))
-    aty = A.adjoint(y)
-
-    def make(den, sync_each):
-        dds = DDS({"progress": False}, den, seed=0)
-        sched = den.schedule
-
-        def step():
-            with torch.no_grad():
-                eps = den.eps(x_t, 500)
-                x0 = sched.tweedie_x0(x_t, eps, 500)
-                x0p = dds.data_consistency(x0, y, A, aty)
-                out = sched.ddim_step(x_t, x0p, eps, 500, 480, eta=0.0)
-            return out.abs().sum() if sync_each else out
-        return step
-
-    return make(den_u, True), make(den_o, False)
+def _dip(names) -> bool:
+    return any(n in ("udigdip", "aseqdip") for n in names)
 
 
-def solve_fns(name, den_u, den_o, A, y, device, steps, net_cfg, bf16, compile_, batch):
-    """``(unopt_fn, opt_fn, opt_batch)``: a short solve of one slice one at a time (sync every
-    step) vs ``batch`` slices at once (time per slice = time / batch)."""
-    import solvers
-
-    if name == "dds":
-        def unopt():
-            s = solvers.make_solver("dds", {"nfe": steps, "log_every": 1, "progress": False}, den_u, seed=0)
-            return s(y[:1], A).x_hat.abs().sum()
-
-        def opt():
-            s = solvers.make_solver("dds", {"nfe": steps, "log_every": 10 ** 9, "progress": False}, den_o, seed=0)
-            return s(y, A).x_hat
-        return unopt, opt, y.shape[0]
-
-    cfg = {"net": dict(net_cfg), "num_outer": steps, "inner_steps": 2, "lr": 1e-3, "disable_progress": True}
-    if name == "udigdip":
-        cfg.update(t_start=100, t_end=10, purify_start=0, purify_stop=max(1, steps - 1))
-    yb, Ab = y[:1], A
-
-    def unopt():
-        s = solvers.make_solver(name, {**cfg, "log_every": 1}, den_u if solvers.needs_prior(name) else None,
-                                seed=0, device=device, perf={"cuda_graph": "off"})
-        return s(yb, _slice_physics(Ab, 0)).x_hat.abs().sum()
-
-    def opt():
-        s = solvers.make_solver(name, {**cfg, "log_every": 10 ** 9}, den_o if solvers.needs_prior(name) else None,
-                                seeds=list(range(batch)), device=device,
-                                perf={"bf16": bf16, "bf16_cpu": bf16, "compile": compile_})
-        return s(y[:batch], A).x_hat
-    return unopt, opt, batch
+#: name → (function, whether the flags and ``--solvers`` select it, whether it needs the prior);
+#: the phases run in this order for every device and modality.
+PHASES: dict[str, tuple[Callable[[Case], None], Callable[[Any, list], bool], Callable[[list], bool]]] = {
+    "dip_step": (phase_dip_step, lambda F, names: _dip(names), lambda names: False),
+    "dip_batched": (phase_dip_batched, lambda F, names: _dip(names) and bool(
+        (F.dip_batch_sizes or F.batch_sizes).strip(",")), lambda names: False),
+    "purify": (phase_purify, lambda F, names: "udigdip" in names and F.prior_phases, lambda names: True),
+    "dds_step": (phase_dds_step, lambda F, names: "dds" in names and F.prior_phases, lambda names: True),
+    "solve": (phase_solve, lambda F, names: not F.skip_solve,
+              lambda names: any(n in ("udigdip", "dds") for n in names)),
+    "batched": (phase_batched, lambda F, names: not F.skip_solve and _dip(names),
+                lambda names: "udigdip" in names),
+}
 
 
-def _slice_physics(A, b):
-    """The operator of slice ``b`` of a batched operator (MRI with per-slice buffers)."""
-    from physics.mri import MultiCoilMRI
-
-    if isinstance(A, MultiCoilMRI) and (A.mask.ndim == 3 or (A.sens_maps is not None and A.sens_maps.ndim == 4)):
-        m = A.mask[b] if A.mask.ndim == 3 else A.mask
-        s = A.sens_maps
-        s = None if s is None else (s[b] if s.ndim == 4 else s)
-        return MultiCoilMRI(m, s)
-    return A
+def selected_phases(F, names: list) -> list[str]:
+    """The phases ``--phases`` asks for that the other flags and ``--solvers`` leave selected."""
+    asked = [p.strip() for p in F.phases.split(",") if p.strip()]
+    unknown = [p for p in asked if p not in PHASES]
+    if unknown:
+        raise app.UsageError(f"unknown phase(s) {unknown}; valid: {', '.join(PHASES)}")
+    return [p for p in PHASES if p in asked and PHASES[p][1](F, names)]
 
 
-# --------------------------------------------------------------------------------------- main
-def fmt_ms(s):
-    return "–" if s is None else f"{1e3 * s:.2f}"
-
-
-def run(argv_flags=None) -> dict:
+def run() -> dict:
+    """Every selected phase for every device and modality; the JSON written to ``--out``."""
     F = FLAGS
     if F.threads:
         torch.set_num_threads(int(F.threads))
     devices = resolve_devices(F.device)
     if F.cudnn_benchmark:
         torch.backends.cudnn.benchmark = True
-    names = [s.strip() for s in F.solvers.split(",") if s.strip()]
     import solvers as solvers_pkg
 
-    names = [solvers_pkg.canonical(n) for n in names]
+    names = [solvers_pkg.canonical(s.strip()) for s in F.solvers.split(",") if s.strip()]
     for n in names:
         if n not in ("udigdip", "aseqdip", "dds"):
             raise app.UsageError(f"bench.py times udigdip, aseqdip, dds; got {n!r}")
+    phases = selected_phases(F, names)
     mods = [m.strip().upper() for m in F.modalities.split(",") if m.strip()]
+    if set(mods) - {"MRI", "CT"}:
+        raise app.UsageError(f"--modalities: use MRI and/or CT, got {F.modalities!r}")
     bss = sorted({int(b) for b in F.batch_sizes.split(",") if b.strip()})
     net_cfg = {"channels": tuple(int(c) for c in F.net_channels.split(","))}
-    steps, warm = int(F.steps), int(F.warmup)
     result: dict = {
         "machine": machine_info(),
-        "settings": {"devices": [str(d) for d in devices], "size": F.size, "solvers": names, "steps": steps,
-                     "warmup": warm, "batch_sizes": bss, "modalities": mods, "net": {"channels": list(net_cfg["channels"])},
-                     "compile": bool(F.compile), "bf16_cpu": bool(F.bf16_cpu), "prior": F.prior,
-                     "cudnn_benchmark": bool(F.cudnn_benchmark)},
+        "settings": {"devices": [str(d) for d in devices], "size": F.size, "solvers": names, "steps": int(F.steps),
+                     "warmup": int(F.warmup), "batch_sizes": bss, "modalities": mods,
+                     "net": {"channels": list(net_cfg["channels"])}, "compile": bool(F.compile),
+                     "bf16_cpu": bool(F.bf16_cpu), "prior": F.prior, "cudnn_benchmark": bool(F.cudnn_benchmark),
+                     "phases": phases},
         "notes": [
             "unopt = float32, default memory format, eager, .item() sync after every call/step; "
             "opt = bf16 autocast (CUDA, CPU only with --bf16_cpu), channels_last, --compile, fused Adam on CUDA, "
@@ -472,131 +329,24 @@ def run(argv_flags=None) -> dict:
         "priors": {}, "phases": [], "speedups": [], "batched": [], "dip_batched": [], "dip_profile": [],
         "errors": [],
     }
+    need_prior = any(PHASES[p][2](names) for p in phases)
     for device in devices:
         peak = F.peak_tflops if F.peak_tflops is not None else default_peak_tflops(device)
         bf16 = device.type == "cuda" or bool(F.bf16_cpu)
         for mod in mods:
-            key = f"{device}/{mod}"
             A, y, _ = make_problem(mod, F.size, device, seed=F.seed, batch=max(bss))
-            A1 = _slice_physics(A, 0)
-            y1 = y[:1]
-            need_prior = any(n in ("udigdip", "dds") for n in names) and (F.prior_phases or not F.skip_solve)
-            den_u = den_o = None
+            case = Case(device, mod, A, y, names, net_cfg, bf16, peak, result)
             if need_prior:
-                den_u, desc = load_bench_prior(mod, device, F.prior)
-                result["priors"][key] = desc
-                den_o = optimised_denoiser(den_u, device, bf16, bool(F.compile))
-
-            def record(solver, phase, fns, flops=None, per_slice_div=1):
-                unopt_fn, opt_fn = fns
-                row_pair = {}
-                for variant, fn, sync_each in (("unopt", unopt_fn, True), ("opt", opt_fn, False)):
-                    try:
-                        r = time_calls(fn, device, steps if phase != "solve" else 1,
-                                       warm if phase != "solve" else 0, sync_each)
-                    except Exception as e:
-                        result["errors"].append({"device": str(device), "modality": mod, "solver": solver,
-                                                 "phase": phase, "variant": variant,
-                                                 "error": f"{type(e).__name__}: {e}",
-                                                 "trace": traceback.format_exc(limit=3)})
-                        continue
-                    div = per_slice_div if variant == "opt" else 1
-                    row = {"device": str(device), "device_name": torch.cuda.get_device_name(device)
-                           if device.type == "cuda" else cpu_model(), "modality": mod, "solver": solver,
-                           "phase": phase, "variant": variant, "seconds": r["seconds"] / div,
-                           "slices_per_call": div, "peak_mem_bytes": r["peak_mem_bytes"],
-                           "peak_mem_kind": r["peak_mem_kind"]}
-                    if flops:
-                        row["flops"] = flops
-                        row["tflops_per_s"] = flops / r["seconds"] / 1e12
-                        if peak:
-                            row["mfu"] = row["tflops_per_s"] / peak
-                            row["peak_tflops"] = peak
-                    result["phases"].append(row)
-                    row_pair[variant] = row
-                if len(row_pair) == 2:
-                    u, o = row_pair["unopt"]["seconds"], row_pair["opt"]["seconds"]
-                    result["speedups"].append({"device": str(device), "modality": mod, "solver": solver,
-                                               "phase": phase, "unopt_s": u, "opt_s": o, "ratio": u / o})
-
-            if any(n in ("udigdip", "aseqdip") for n in names):
-                fns = dip_step_fns(A1, y1, device, net_cfg, bf16, bool(F.compile))
-                flops = count_flops(fns[0])
-                record("udigdip/aseqdip", "dip_step", fns, flops)
-            dip_bss = sorted({int(b) for b in (F.dip_batch_sizes or F.batch_sizes).split(",") if b.strip()})
-            if any(n in ("udigdip", "aseqdip") for n in names) and dip_bss:
-                one_flops = count_flops(dip_step_fns(A1, y1, device, net_cfg, False, False)[0])
-                graphs = [False, True] if F.cuda_graph and device.type == "cuda" else [False]
-                if F.graph_only and device.type == "cuda":
-                    graphs = [True]
-                impls = [v.strip() for v in F.net_impls.split(",") if v.strip()]
-                base = None
-                for impl, graph, B in ((i, g, b) for i in impls for g in graphs for b in dip_bss):
-                    base = None if B == dip_bss[0] else base
-                    try:
-                        fn = batched_dip_step_fn(A, y, device, net_cfg, B, bf16, bool(F.compile), graph=graph,
-                                                 impl=impl)
-                        # a graph is captured after 3 eager steps: warm up past it
-                        r = time_calls(fn, device, steps, max(1, warm) + (4 if graph else 0), False)
-                    except Exception as e:
-                        result["errors"].append({"device": str(device), "modality": mod,
-                                                 "phase": f"dip_batched B={B} graph={graph} impl={impl}",
-                                                 "error": f"{type(e).__name__}: {e}",
-                                                 "trace": traceback.format_exc(limit=3)})
-                        continue
-                    if graph and not fn.stepper.graph_used:
-                        result["errors"].append({"device": str(device), "modality": mod,
-                                                 "phase": f"dip_batched B={B} graph=True",
-                                                 "error": f"not captured: {fn.stepper.graph_error}"})
-                        continue
-                    per = r["seconds"] / B
-                    base = per if B == dip_bss[0] and B == 1 else base
-                    row = {"device": str(device), "modality": mod, "B": B, "bf16": bf16, "compile": bool(F.compile),
-                           "cuda_graph": graph, "net_impl": impl, "seconds_per_step": r["seconds"],
-                           "seconds_per_slice_step": per,
-                           "flops": one_flops * B, "tflops_per_s": one_flops * B / r["seconds"] / 1e12,
-                           "peak_mem_bytes": r["peak_mem_bytes"], "peak_mem_kind": r["peak_mem_kind"]}
-                    if base:
-                        row["throughput_vs_B1"] = base / per
-                    if peak:
-                        row["mfu"] = row["tflops_per_s"] / peak
-                    result["dip_batched"].append(row)
-                    if B == F.profile_batch and not graph:
-                        result["dip_profile"].append({"device": str(device), "modality": mod, "B": B, "net_impl": impl,
-                                                      "top_ops": profile_ops(fn, device)})
-            if "udigdip" in names and F.prior_phases:
-                fns = purify_fns(den_u, den_o, A1, y1, device)
-                x = A1.input_image(y1)
-                flops = count_flops(lambda: den_u.eps(x, 100))
-                record("udigdip", "purify", fns, flops)
-            if "dds" in names and F.prior_phases:
-                record("dds", "dds_step", dds_step_fns(den_u, den_o, A1, y1, device))
-            if F.skip_solve:
-                continue
-            for n in names:
-                u, o, div = solve_fns(n, den_u, den_o, A, y, device, steps, net_cfg, bf16, bool(F.compile), max(bss))
-                record(n, "solve", (u, o), per_slice_div=div)
-
-            # batched throughput: B slices together vs one at a time (uDiG-DIP if requested, else aSeqDIP)
-            bname = "udigdip" if "udigdip" in names else ("aseqdip" if "aseqdip" in names else None)
-            if bname:
-                seq_u, _, _ = solve_fns(bname, den_u, den_u, A, y, device, steps, net_cfg, False, False, 1)
-                t_seq = time_calls(seq_u, device, 1, 0, True)["seconds"]
-                for B in bss:
-                    _, bat, _ = solve_fns(bname, den_u, den_u, A, y, device, steps, net_cfg, False, False, B)
-                    try:
-                        r = time_calls(bat, device, 1, 0, False)
-                    except Exception as e:
-                        result["errors"].append({"device": str(device), "modality": mod, "phase": f"batched B={B}",
-                                                 "error": f"{type(e).__name__}: {e}"})
-                        continue
-                    per = r["seconds"] / B
-                    result["batched"].append({"device": str(device), "modality": mod, "solver": bname, "B": B,
-                                              "seconds_per_slice": per, "slices_per_s": 1.0 / per,
-                                              "sequential_seconds_per_slice": t_seq, "speedup_vs_sequential": t_seq / per,
-                                              "peak_mem_bytes": r["peak_mem_bytes"], "peak_mem_kind": r["peak_mem_kind"],
-                                              "dip_steps": steps * 2, "float32": True})
+                case.den_u, result["priors"][f"{device}/{mod}"] = load_bench_prior(mod, device, F.prior)
+                case.den_o = optimised_denoiser(case.den_u, device, bf16, bool(F.compile))
+            for p in phases:
+                PHASES[p][0](case)
     return result
+
+
+# --------------------------------------------------------------------------------- report
+def fmt_ms(s):
+    return "–" if s is None else f"{1e3 * s:.2f}"
 
 
 def markdown(result: dict) -> str:
@@ -640,104 +390,13 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def compile_check(device: torch.device, out: Path, size: int = 64, budget_s: float = 150.0) -> dict:
-    """Bisect why ``torch.compile`` of the DIP nets gives wrong images on CUDA (issue 6): eager vs
-    compiled outputs (and gradients) of the demo DIP U-Net, one case at a time, cheapest-to-explain
-    first; the JSON is rewritten after every case so a timeout keeps what finished.
-
-    Cases: ``vmap_fwd`` (StackedDIPNets, B=2, the failing setting), ``plain_fwd`` (one nn.Module,
-    no vmap), ``vmap_fwd_norm_none`` (no BatchNorm), ``vmap_fwd_bwd`` (parameter gradients); backends
-    ``inductor`` and ``aot_eager`` (no code generation).  ``rel_err`` = ‖compiled − eager‖ / ‖eager‖.
-    """
-    import time
-
-    from models.dip_unet import build_dip_net
-    from models.stacked_dip import StackedDIPNets
-
-    net = {"channels": (32, 64, 128, 128)}
-    g = torch.Generator().manual_seed(0)
-    x1 = torch.randn(1, 2, size, size, generator=g).to(device)
-    x2 = torch.randn(2, 2, size, size, generator=g).to(device)
-    rows: list = []
-    res = {"machine": machine_info(), "device": str(device), "size": size, "cases": rows}
-    t_start = time.perf_counter()
-
-    def rel(a, b):
-        a, b = a.detach().float(), b.detach().float()
-        return float((a - b).norm() / b.norm())
-
-    def vmap_case(norm):
-        nets = StackedDIPNets({**net, "norm": norm}, True, [0, 1], device=device)
-        return nets, lambda fn: fn(nets.params, nets.buffers, x2)
-
-    def sgd_steps(fn, nets, n=5, lr=1e-3):
-        # plain SGD, in place like the solvers' optimiser (Adam would amplify the rounding
-        # differences of compiled kernels: on CPU 3e-6 → 5e-2 in 5 steps, vs 4e-6 with SGD)
-        ps = list(nets.params.values())
-        for _ in range(n):
-            grads = torch.autograd.grad(fn(nets.params, nets.buffers, x2).square().mean(), ps)
-            with torch.no_grad():
-                torch._foreach_add_(ps, grads, alpha=-lr)
-        with torch.no_grad():
-            return fn(nets.params, nets.buffers, x2)
-
-    cases = [("vmap_fwd", "inductor"), ("vmap_5_sgd_steps", "inductor"), ("plain_fwd", "inductor"),
-             ("vmap_fwd_bf16", "inductor"), ("vmap_fwd", "aot_eager"), ("vmap_fwd_norm_none", "inductor"),
-             ("vmap_fwd_bwd", "inductor")]
-    for case, backend in cases:
-        if time.perf_counter() - t_start > budget_s:
-            rows.append({"case": case, "backend": backend, "skipped": "budget"})
-            continue
-        torch._dynamo.reset()
-        row = {"case": case, "backend": backend}
-        t0 = time.perf_counter()
-        try:
-            if case == "plain_fwd":
-                m = build_dip_net(net, True, 0, device=device).train()
-                m2 = copy.deepcopy(m)
-                ref = m(x1)
-                got = torch.compile(m2, backend=backend)(x1)
-                row["rel_err"] = rel(got, ref)
-            elif case == "vmap_5_sgd_steps":
-                nets_a, _ = vmap_case("batch")
-                nets_b, _ = vmap_case("batch")
-                ref = sgd_steps(nets_a._fn, nets_a)
-                got = sgd_steps(torch.compile(nets_b._fn, backend=backend, dynamic=False), nets_b)
-                row["rel_err"] = rel(got, ref)
-            elif case == "vmap_fwd_bf16":
-                nets, call = vmap_case("batch")
-                with torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=False):
-                    ref = call(nets._fn)
-                    got = call(torch.compile(nets._fn, backend=backend, dynamic=False))
-                row["rel_err"] = rel(got, ref)
-            else:
-                norm = "none" if case.endswith("norm_none") else "batch"
-                nets, call = vmap_case(norm)
-                ref = call(nets._fn)
-                got = call(torch.compile(nets._fn, backend=backend, dynamic=False))
-                row["rel_err"] = rel(got, ref)
-                if case.endswith("bwd"):
-                    ps = list(nets.params.values())
-                    g_ref = torch.autograd.grad(ref.square().sum(), ps)
-                    g_got = torch.autograd.grad(got.square().sum(), ps)
-                    row["grad_rel_err_max"] = max(rel(a, b) for a, b in zip(g_got, g_ref))
-            sync(device)
-        except Exception as e:
-            row["error"] = f"{type(e).__name__}: {e}"[:500]
-        row["seconds"] = time.perf_counter() - t0
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(res, indent=2, default=str) + "\n")
-    return res
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if FLAGS.compile_check:
-        dev = resolve_devices(FLAGS.device)[-1]
-        compile_check(dev, Path(FLAGS.out), size=int(FLAGS.size))
+        from bench_compile import compile_check
+
+        compile_check(resolve_devices(FLAGS.device)[-1], Path(FLAGS.out), size=int(FLAGS.size))
         print(f"wrote {FLAGS.out}")
         return
     result = run()

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU check + benchmark in one call (issue 6): CUDA correctness tests (incl. CUDA-graph step = eager
+# GPU check + benchmark in one call: CUDA correctness tests (incl. CUDA-graph step = eager
 # step), batched DIP-step throughput / MFU at the paper's image sizes (eager and CUDA graph, with a
 # profile at B=8), the demo solves naive vs optimised on the held-out samples (same configs,
 # PSNR/SSIM side by side), the default demo with graphs on/off, batched DDS, and a torch.compile
@@ -9,7 +9,7 @@
 #   QUICK=1 DEVICE=cpu bash bench_gpu.sh   # dry run of every section at toy sizes (~3 min on CPU)
 #
 # Sections are capped with `timeout` and run in priority order, so one failing or slow section
-# cannot use up the others' time; BUDGET caps the whole script (a GPU session has 15 minutes).
+# cannot use up the others' time; BUDGET caps the whole script (seconds).
 set -u
 OUT=${OUT:-exp/gpu_check}
 PY=${PYTHON:-python3}

@@ -3,10 +3,20 @@
 Any field can be overridden on the command line: ``--config.physics.acceleration=8``,
 ``--config.solver_cfg.udigdip.t_start=300``.  Each solver's sub-config starts from that solver's
 ``default_config()`` (``solvers/<name>.py``), whose comments say which values come from a paper.
+
+Dependencies: ``configs`` sits above ``solvers`` (nothing under ``solvers/`` imports ``configs``).
+Building a config imports every registered solver module, on purpose: the defaults of each
+algorithm are written once, next to the algorithm, and every solver's fields must exist when the
+command line is applied (``--solver`` may pick any of them; the config is locked, so an override
+of a missing field is an error) and when the config is saved with the run.
 """
+import copy
+
 import ml_collections
 
-import solvers
+from solvers import REGISTRY as SOLVER_REGISTRY
+from solvers import default_config as solver_default_config
+from solvers.perf import default_config as perf_defaults
 
 
 def get_base_config():
@@ -18,18 +28,13 @@ def get_base_config():
     c.workdir = "exp"
     c.run_name = ""
     c.log_every = 25                # metric curves / callback period (optimizer steps)
-    # slices reconstructed together by one batched solve (solvers/batched.py; udigdip and aseqdip
-    # only, the other solvers run one slice at a time); 1 = one at a time. Per-slice results equal
-    # the one-at-a-time ones up to float rounding (grouped convolutions).
+    # slices reconstructed together by one solve (every solver takes B slices, one seed each);
+    # 1 = one at a time. Per-slice results equal the one-at-a-time ones up to float rounding.
     c.batch_size = 1
-    # speed switches of the batched solves (batch_size > 1), solvers/batched.py: bf16 autocast of
-    # the DIP networks (CUDA; on CPU also needs bf16_cpu), torch.compile (CPU only) and CUDA-graph
-    # replay of each DIP step: "auto" (on CUDA; there udigdip/aseqdip/dip run through the batched
-    # solver even with batch_size 1), "on", "off". bf16/compile off = float32, eager networks.
-    # net_impl: how the B networks run ("auto", "vmap", "grouped", "grouped_cl" = grouped
-    # convolutions in channels-last layout; same arithmetic, solvers/batched.py NET_IMPLS).
-    c.perf = ml_collections.ConfigDict(dict(bf16=False, bf16_cpu=False, compile=False, cuda_graph="auto",
-                                            net_impl="auto"))
+    # speed settings of the DIP solvers (udigdip, aseqdip, dip, sgdip), handed to each as `perf`:
+    # bf16 / bf16_cpu, compile, cuda_graph ("auto" = replay each step from a CUDA graph on CUDA),
+    # net_impl ("auto", "vmap", "grouped", "grouped_cl"); defaults and meaning: solvers/perf.py.
+    c.perf = perf_defaults()
 
     c.data = ml_collections.ConfigDict()
     c.data.path = "indist_samples"  # DDS-style folder, fastMRI .h5, AAPM .npy or DICOM
@@ -50,14 +55,12 @@ def get_base_config():
     c.physics.noise_sigma = 0.0
 
     c.prior = ml_collections.ConfigDict()
-    c.prior.mri = "demo_mri_64"     # configs/priors.py name
+    c.prior.mri = "demo_mri_64"     # a registered prior name (configs/priors.py)
     c.prior.ct = "demo_ct_64"
     c.prior.ckpt = ""               # override the checkpoint file (single-modality runs)
     c.prior.bf16 = False            # bf16 autocast for the prior
 
-    c.solver_cfg = ml_collections.ConfigDict()
-    for name in solvers.REGISTRY:
-        c.solver_cfg[name] = solvers.default_config(name)
+    c.solver_cfg = solver_defaults()
     # Per-modality overrides of solver fields, applied on top of solver_cfg for that modality,
     # e.g. --config.modality_overrides.CT.udigdip.lam=3 (the data terms of MRI and CT have
     # different scales, so λ is tuned per modality).
@@ -65,10 +68,13 @@ def get_base_config():
     return c
 
 
+def solver_defaults() -> ml_collections.ConfigDict:
+    """``{name: default_config()}`` of every registered solver (``solvers.REGISTRY``)."""
+    return ml_collections.ConfigDict({name: solver_default_config(name) for name in SOLVER_REGISTRY})
+
+
 def solver_config_for(c, name: str, modality: str):
     """``c.solver_cfg[name]`` with ``c.modality_overrides[modality][name]`` merged in (a copy)."""
-    import copy
-
     cfg = copy.deepcopy(c.solver_cfg[name])
     over = c.modality_overrides[modality].get(name) if modality in c.modality_overrides else None
     if over:

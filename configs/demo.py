@@ -3,8 +3,8 @@ samples with the shipped priors, uDiG-DIP against aSeqDIP and vanilla DIP.
 
 Sized for a few minutes on 2 CPU cores: a smaller DIP U-Net (32-64-128-128) and ≤ 1000 DIP
 steps.  All values here are our choice, not the paper's (see paper_*.py).  They were picked
-on ONE held-out slice per modality (index 0) with ``_tune`` runs recorded in the README's
-"How the demo settings were chosen"; the table in the README is over all six slices.
+with a handful of short runs (not recorded) on ONE held-out slice per modality (index 0); the
+table in the README (details: docs/results.md) is over all six slices.
 """
 from configs.base import get_base_config
 
@@ -19,6 +19,15 @@ def get_config():
     c.physics.acceleration = 4.0
     c.physics.num_views = 16
     apply_demo_solver_settings(c)
+    return c
+
+
+def demo_on(deg: str, run_name: str):
+    """The demo on one degradation only, over all shipped slices of its modality."""
+    c = get_config()
+    c.deg = deg
+    c.run_name = run_name
+    c.data.max_slices = 0
     return c
 
 

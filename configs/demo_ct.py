@@ -1,11 +1,7 @@
 """Demo, CT only: shipped 64² head-CT held-out slices, shipped prior ``demo_ct_64``, 16 views.
 Values: our choice (see configs/demo.py)."""
-from configs.demo import get_config as _demo
+from configs.demo import demo_on
 
 
 def get_config():
-    c = _demo()
-    c.deg = "SV-CT"
-    c.run_name = "demo_ct"
-    c.data.max_slices = 0
-    return c
+    return demo_on("SV-CT", "demo_ct")

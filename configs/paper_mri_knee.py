@@ -4,7 +4,8 @@
         --ckpt=checkpoints/fastmri_knee_320_complex_1m.pt
 
 Provenance of the values:
-* prior, 320×320 complex images with magnitude ≲ 1, β schedule: DDS release (shared/reference).
+* prior, 320×320 complex images with magnitude ≲ 1, β schedule: DDS release and code (the
+  architecture is checked against tests/data/manifest_fastmri_knee_320_complex.json).
 * masks ``uniform1d`` / ``gaussian1d`` at 4× and 8×, 8 % ACS: the DDS / fastMRI evaluation
   protocol that uDiG-DIP compares against.
 * DIP U-Net 64-128-256-256 and the K, N, λ, lr, t-schedule defaults of ``solvers/udig_dip.py``:

@@ -26,11 +26,12 @@ Single-coil MRI is the special case ``C = 1, S_1 = 1``.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple, Union
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from torch import nn
+
+from .base import LinearOperator, check_stackable
 
 __all__ = ["fft2c", "ifft2c", "rss", "MultiCoilMRI"]
 
@@ -93,8 +94,8 @@ def _check_finite(t: torch.Tensor, name: str) -> None:
                          "torch.nan_to_num) or check the upstream computation that produced it.")
 
 
-class MultiCoilMRI(nn.Module):
-    """Cartesian (multi-coil) MRI operator ``A x = M · fft2c(S · x)``.
+class MultiCoilMRI(LinearOperator):
+    """Cartesian (multi-coil) MRI operator ``A x = M · fft2c(S · x)`` (a :class:`LinearOperator`).
 
     Args:
         mask: sampling mask, real, ``[H, W]`` (shared by the batch) or ``[B, H, W]``
@@ -104,8 +105,9 @@ class MultiCoilMRI(nn.Module):
             ``None`` → single coil (``C = 1``, ``S = 1``).
 
     Attributes:
-        is_complex (bool): always ``True``.
-        image_shape (tuple): ``(H, W)``.
+        modality: ``"MRI"``; is_complex: ``True``; input_label: ``"zero-filled"``
+            (``input_image(y)`` is the zero-filled, coil-combined ``Aᴴ y``).
+        image_shape (tuple): ``(H, W)``; measurement_shape: ``(C, H, W)``.
         num_coils (int): ``C``.
 
     Mask and maps are registered as buffers (moved by ``.to``) and are additionally cast to the
@@ -113,11 +115,12 @@ class MultiCoilMRI(nn.Module):
     inputs on any device.
     """
 
-    is_complex: bool = True
+    modality = "MRI"
+    is_complex = True
+    input_label = "zero-filled"
 
     def __init__(self, mask, sens_maps=None):
         super().__init__()
-        self.check_finite = True   # NaN/Inf check of every input; see physics.finite_checks
         mask = _as_tensor(mask, "mask")
         if mask.is_complex():
             raise ValueError("mask must be real (0/1 or real weights), got a complex tensor; "
@@ -161,6 +164,7 @@ class MultiCoilMRI(nn.Module):
                              else torch.view_as_real(maps.resolve_conj()).contiguous())
         self.image_shape: Tuple[int, int] = (H, W)
         self.num_coils = num_coils
+        self.measurement_shape = (num_coils, H, W)
 
     @property
     def sens_maps(self) -> Optional[torch.Tensor]:
@@ -244,13 +248,59 @@ class MultiCoilMRI(nn.Module):
             return imgs[:, 0]
         return torch.sum(maps.conj() * imgs, dim=1)
 
-    def normal(self, x: torch.Tensor) -> torch.Tensor:
-        """``AᴴA x``: ``[B, H, W]`` → ``[B, H, W]``."""
-        return self.adjoint(self.forward(x))
+    # ------------------------------------------------------------ contract extras
+    @property
+    def batch_size(self) -> Optional[int]:
+        """``B`` of a per-slice ``[B, H, W]`` mask or ``[B, C, H, W]`` maps (``None``: shared)."""
+        sizes = {int(t.shape[0]) for t, nd in ((self.mask, 2), (self._maps_ri, 4))
+                 if t is not None and t.ndim > nd} - {1}
+        return max(sizes) if sizes else None
 
-    def input_image(self, y: torch.Tensor) -> torch.Tensor:
-        """Zero-filled starting image ``Aᴴ y`` (coil-combined with conj(S)): ``[B, H, W]``."""
-        return self.adjoint(y)
+    def image_support(self) -> torch.Tensor:
+        """``[B|1, H, W]`` float32, 1 where ``Σ_c |S_c|² > 0`` (ESPIRiT maps vanish outside the
+        object); all ones for single coil."""
+        maps = self.sens_maps
+        if maps is None:
+            return super().image_support()
+        support = (maps.abs().square().sum(dim=-3) > 0).to(torch.float32)
+        return support if support.ndim == 3 else support.unsqueeze(0)
+
+    def measurement_mask(self, y: torch.Tensor) -> torch.Tensor:
+        """The sampling pattern ``[B|1, 1, H, W]`` (1 where ``M ≠ 0``; the mask itself for a 0/1
+        mask), on ``y``'s device with ``y``'s real dtype, shared by every coil."""
+        m = self._mask_for(y)
+        return (m != 0).to(m.dtype)
+
+    def slice(self, b: int) -> "MultiCoilMRI":
+        """The one-slice operator of slice ``b`` (mask ``[H, W]``, maps ``[C, H, W]``)."""
+        if self.batch_size is None:
+            return self
+        super().slice(b)                                       # range check
+
+        def take(t, nd):
+            return t if t is None or t.ndim == nd else t[0] if t.shape[0] == 1 else t[b]
+
+        op = MultiCoilMRI(take(self.mask, 2), take(self.sens_maps, 3))
+        op.check_finite = self.check_finite
+        return op
+
+    @classmethod
+    def stack(cls, ops: Sequence["MultiCoilMRI"]) -> "MultiCoilMRI":
+        """Masks concatenated to ``[B, H, W]``, coil maps to ``[B, C, H, W]`` (every operator
+        contributes its own slices: one, or ``batch_size``); all must share ``H, W`` and ``C``."""
+        ops = check_stackable(cls, ops)
+        for what, values in (("image_shape", [o.image_shape for o in ops]),
+                             ("num_coils", [o.num_coils for o in ops])):
+            if len(set(values)) > 1:
+                raise ValueError(f"stack_physics: MRI operators differ in {what} ({values})")
+        singles = [o.slice(b) for o in ops for b in range(o.batch_size or 1)]
+        masks = torch.stack([o.mask.reshape(o.image_shape) for o in singles])
+        maps = [o.sens_maps for o in singles]
+        if any(m is None for m in maps):
+            if not all(m is None for m in maps):
+                raise ValueError("stack_physics: mix of single-coil and multi-coil MRI operators")
+            return cls(masks)
+        return cls(masks, torch.stack([m.reshape(m.shape[-3:]) for m in maps]))
 
     def extra_repr(self) -> str:
         return (f"image_shape={self.image_shape}, num_coils={self.num_coils}, "

@@ -35,7 +35,7 @@ real and imaginary parts are independent ``N(0, 1)`` — DDS draws noise on the 
 
 Batches: ``y`` may hold ``B`` slices. Without ``seeds`` the whole batch draws from the ONE
 generator (slice ``b``'s noise then depends on its batch mates). With ``seeds=[s_0, …, s_{B−1}]``
-(``DDS(cfg, denoiser, seeds=…)``, as ``solvers.batched.make_batched_solver("dds", …)`` builds it)
+(``DDS(cfg, denoiser, seeds=…)``, as ``solvers.make_solver("dds", …, seeds=…)`` builds it)
 slice ``b`` draws ``x_T`` and every ``z`` from its own generator seeded ``s_b``, in the order of a
 single run, so slice ``b`` of the batch equals ``DDS(cfg, denoiser, seed=s_b)`` on ``y[b:b+1]`` up
 to float rounding (the prior is called once per step on the whole batch; its batched kernels may
@@ -58,7 +58,7 @@ callable ``b`` gets ``(step, x̂₀'[b:b+1], info)`` with slice ``b``'s own resi
 Output: :class:`solvers.base.Result` with ``x_hat`` = final ``x̂₀'`` ``[B,H,W]`` and ``info``
 (``nfe``, ``timesteps``, ``seed``, ``config``, and ``slices``: one single-run-style ``Result`` per
 slice, ``x_hat [1,H,W]`` and a history with that slice's residuals, for
-``solvers.batched.split_result``). With ``seeds``, ``info["seeds"]`` lists them, each slice's
+``solvers.base.split_result``). With ``seeds``, ``info["seeds"]`` lists them, each slice's
 ``info["seed"]`` is its own, and ``history["per_slice"]`` holds the per-slice histories.
 """
 from __future__ import annotations

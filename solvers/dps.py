@@ -39,7 +39,7 @@ Logging: every ``log_every`` steps and at the last step, ``history`` gets ``step
 a sequence of ``B`` callables, each called per slice as in a single run (``x [1,H,W]``, the slice's
 own ``residual`` and ``x_gt[b:b+1]``). Output :class:`solvers.base.Result` with ``x_hat`` = the
 final sample ``[B,H,W]``, ``info["slices"]`` = per-slice single-run-style Results (with the
-per-slice residuals; ``solvers.batched.split_result``) and, with ``seeds``, ``info["seeds"]`` and
+per-slice residuals; ``solvers.base.split_result``) and, with ``seeds``, ``info["seeds"]`` and
 ``history["per_slice"]``.
 """
 from __future__ import annotations

@@ -3,13 +3,15 @@
 (a) The released DDS checkpoints' manifests (key, order, shape, dtype, counts) are reproduced
     exactly by ``create_adm_model`` from the manifest config and from ``configs/priors.py``
     (built on the ``meta`` device: no memory).
-(b) Two small reference models (perturbed random weights) load strictly and reproduce the
-    reference forward pass ``model.eval()(x, t)`` in float32.
+(b) Two tiny reference models (32×32, perturbed random weights stored in float16, the reference
+    output computed from exactly those values) load strictly and reproduce the reference forward
+    pass ``model.eval()(x, t)`` in float32.
+
+The reference files live in ``tests/data/`` (``tests/data/README.md`` says what each holds).
 """
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -17,25 +19,8 @@ import torch
 
 from configs.priors import get_prior_config, model_kwargs
 
-
-def _shared_reference() -> Path | None:
-    candidates = [Path(__file__).resolve().parents[2] / "shared" / "reference"]
-    env = os.environ.get("UDIG_SHARED")
-    if env:
-        candidates += [Path(env) / "reference", Path(env)]
-    for c in candidates:
-        if (c / "manifest_AAPM256.json").is_file() or (c / "adm_small_ct.pt").is_file():
-            return c
-    return None
-
-
-REF = _shared_reference()
-pytestmark = pytest.mark.skipif(
-    REF is None,
-    reason="shared reference folder not found (expected ../shared/reference next to the repo, "
-           "or set UDIG_SHARED to the folder holding reference/)",
-)
-
+REF = Path(__file__).resolve().parent / "data"
+REFERENCE_MODELS = ["adm_tiny_ct.pt", "adm_tiny_mri.pt"]
 MANIFESTS = {
     "manifest_AAPM256.json": "AAPM256_1M",
     "manifest_fastmri_knee_320_complex.json": "fastmri_knee_320_complex_1m",
@@ -52,10 +37,7 @@ def _create(cfg, device=None):
 
 
 def _load_manifest(name):
-    path = REF / name
-    if not path.is_file():
-        pytest.skip(f"{path} not present")
-    return json.loads(path.read_text())
+    return json.loads((REF / name).read_text())
 
 
 def _compare_to_manifest(model, man):
@@ -103,12 +85,9 @@ def test_attention_placement_aapm_vs_knee():
     assert knee == {"middle_block.1"}
 
 
-@pytest.mark.parametrize("fname", ["adm_small_ct.pt", "adm_small_mri.pt"])
-def test_small_reference_forward(fname):
-    path = REF / fname
-    if not path.is_file():
-        pytest.skip(f"{path} not present")
-    ref = torch.load(path, map_location="cpu", weights_only=True)
+@pytest.mark.parametrize("fname", REFERENCE_MODELS)
+def test_tiny_reference_forward(fname):
+    ref = torch.load(REF / fname, map_location="cpu", weights_only=True)
     model = _create(ref["config"])
     sd = model.state_dict()
     assert list(sd) == list(ref["state_dict"]), "state_dict key order differs from the reference"
@@ -127,15 +106,13 @@ def test_small_reference_forward(fname):
     assert (torch.linalg.vector_norm(out_t - exp) / torch.linalg.vector_norm(exp)).item() > 1e-3
 
 
-@pytest.mark.parametrize("fname", ["adm_small_ct.pt", "adm_small_mri.pt"])
-def test_small_reference_via_checkpoint_loader(fname, tmp_path):
+@pytest.mark.parametrize("fname", REFERENCE_MODELS)
+def test_tiny_reference_via_checkpoint_loader(fname, tmp_path):
     """The reference file (config + state_dict + extra keys) loads through
     ``load_adm_checkpoint`` and the loaded model reproduces the reference output."""
     from models.checkpoint import load_adm_checkpoint
 
     path = REF / fname
-    if not path.is_file():
-        pytest.skip(f"{path} not present")
     ref = torch.load(path, map_location="cpu", weights_only=True)
     model = load_adm_checkpoint(path, ref["config"])
     assert not model.training and not any(p.requires_grad for p in model.parameters())

@@ -1,4 +1,5 @@
-"""Tests for physics/ct.py (parallel-beam CT) and utils/phantoms.py (analytic ellipse oracle)."""
+"""Tests for physics/ct.py + physics/ct_kernels.py (parallel-beam CT) and utils/phantoms.py
+(analytic ellipse oracle)."""
 from __future__ import annotations
 
 import math
@@ -78,6 +79,7 @@ def test_adjointness_float64(geom):
         assert rel <= 1e-5, f"<Ax,y> vs <x,A^T y> relative error {rel:.2e}"
         if dist == "uniform":  # no cancellation: plain relative error
             assert ((lhs - rhs).abs() / lhs.abs()).max().item() <= 1e-5
+    assert op.adjointness_test() <= 1e-12  # the operator's own self-test agrees
 
 
 def test_adjoint_is_exact_transpose_and_normal():

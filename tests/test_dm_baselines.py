@@ -6,6 +6,7 @@ Uses tiny stand-ins (masked-FFT and random-matrix operators, analytic denoisers 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -307,49 +308,45 @@ def test_dps_bit_identical_with_and_without_x_gt_and_seeded():
 
 
 # ----------------------------------------------------------------------------- real modules
-_REF = "/work/shared/reference"
+_REF = Path(__file__).resolve().parent / "data"     # reference ADM checkpoints (tests/data/README.md)
 
 
 def _real_prior(name):
-    import os
-    path = os.path.join(_REF, name)
-    if not os.path.exists(path):
-        pytest.skip(f"{path} not available")
     from models.denoiser import load_prior
-    return load_prior(path)
+    return load_prior(_REF / name)
 
 
 def test_dds_dps_with_real_adm_and_ct_operator():
-    """Small ADM (reference checkpoint, random weights) + ParallelBeamCT, 64², 3 steps."""
+    """Tiny ADM (reference checkpoint, random weights) + ParallelBeamCT, 32², 3 steps."""
     from physics.ct import ParallelBeamCT
-    den = _real_prior("adm_small_ct.pt")
-    op = ParallelBeamCT(64, num_views=12)
-    x = torch.rand(1, 64, 64, generator=torch.Generator().manual_seed(0))
+    den = _real_prior("adm_tiny_ct.pt")
+    op = ParallelBeamCT(32, num_views=12)
+    x = torch.rand(1, 32, 32, generator=torch.Generator().manual_seed(0))
     y = op(x)
     r = DDS(_quiet(nfe=2, log_every=1), den, seed=0)(y, op)
-    assert r.x_hat.shape == (1, 64, 64) and torch.isfinite(r.x_hat).all()
+    assert r.x_hat.shape == (1, 32, 32) and torch.isfinite(r.x_hat).all()
     h = r.history
     assert h["t"] == [500, 0]
     assert all(a < b for a, b in zip(h["residual"], h["residual_tweedie"])), h
     r2 = DDS(_quiet(nfe=2), den, seed=0)(y, op, x_gt=x)
     assert torch.equal(r.x_hat, r2.x_hat)
     d = DPS(_quiet(num_steps=2, zeta=0.5), den, seed=0)(y, op)  # backprop through the U-Net
-    assert d.x_hat.shape == (1, 64, 64) and torch.isfinite(d.x_hat).all()
+    assert d.x_hat.shape == (1, 32, 32) and torch.isfinite(d.x_hat).all()
 
 
 def test_dds_with_real_adm_and_multicoil_mri():
     from physics.mri import MultiCoilMRI
-    den = _real_prior("adm_small_mri.pt")
+    den = _real_prior("adm_tiny_mri.pt")
     g = torch.Generator().manual_seed(0)
-    S = torch.view_as_complex(torch.randn(4, 64, 64, 2, generator=g))
+    S = torch.view_as_complex(torch.randn(4, 32, 32, 2, generator=g))
     S = S / (S.abs() ** 2).sum(0).sqrt()
-    mask = torch.zeros(64, 64)
+    mask = torch.zeros(32, 32)
     mask[:, ::4] = 1
-    mask[:, 28:36] = 1
+    mask[:, 14:18] = 1
     op = MultiCoilMRI(mask, S)
-    x = 0.5 * torch.complex(torch.rand(1, 64, 64, generator=g), torch.zeros(1, 64, 64))
+    x = 0.5 * torch.complex(torch.rand(1, 32, 32, generator=g), torch.zeros(1, 32, 32))
     r = DDS(_quiet(nfe=2, log_every=1), den, seed=0)(op(x), op)
-    assert r.x_hat.shape == (1, 64, 64) and r.x_hat.dtype == torch.complex64
+    assert r.x_hat.shape == (1, 32, 32) and r.x_hat.dtype == torch.complex64
     assert torch.isfinite(torch.view_as_real(r.x_hat)).all()
     h = r.history
     assert all(a < b for a, b in zip(h["residual"], h["residual_tweedie"])), h

@@ -1,128 +1,27 @@
-"""End-to-end tests of ``main.py``: run folders, metrics, determinism, resume, error messages.
+"""End-to-end tests of ``main.py`` / ``run_lib.py``: run folders, metrics, determinism, resume, errors.
 
 ``main.py`` is driven as a subprocess (``python main.py ...``) so absl flag state never leaks
 between tests.  Every run is tiny (64² shipped samples, shipped demo priors, 2 outer uDiG-DIP
 iterations with an 8-channel DIP U-Net, 2 DDS NFE, 1 slice) and the independent runs of a
 module are started together (one thread each) to keep the wall-clock time down.  The full
-no-flag demo is ``@pytest.mark.slow``.
+no-flag demo is ``@pytest.mark.slow``.  Batched runs: ``tests/test_main_batches.py``.
 """
 from __future__ import annotations
 
 import csv
 import json
 import math
-import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-PY = sys.executable
-
-#: Overrides that make one (solver, slice) take about a second of CPU.
-TINY = [
-    "--device=cpu",
-    "--max_slices=1",
-    "--config.solver_cfg.udigdip.num_outer=2",
-    "--config.solver_cfg.udigdip.inner_steps=1",
-    "--config.solver_cfg.udigdip.purify_stop=2",
-    "--config.solver_cfg.udigdip.net.channels=(8,8,8,8)",
-    "--config.solver_cfg.udigdip.log_every=1",
-    "--config.solver_cfg.udigdip.disable_progress=True",
-    "--config.solver_cfg.dds.nfe=2",
-    "--config.solver_cfg.dds.log_every=1",
-    "--config.solver_cfg.dds.progress=False",
-    # the demo config's per-modality settings (1000 / 600 DIP steps) win over solver_cfg
-    *(f"--config.modality_overrides.{m}.udigdip.{k}={v}" for m in ("MRI", "CT")
-      for k, v in (("num_outer", 2), ("inner_steps", 1), ("purify_stop", 2))),
-]
-SOLVERS = ("udigdip", "dds")
-SLICE_FILES = ("recon.npy", "recon.png", "comparison.png", "curves.csv", "curves.png",
-               "result.json", "DONE")
-
-
-# ---------------------------------------------------------------------------------- helpers
-def _env():
-    env = dict(os.environ)
-    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", MPLBACKEND="Agg", PYTHONUNBUFFERED="1")
-    return env
-
-
-class Run:
-    """``python main.py *args`` started in the background; :meth:`wait` returns self."""
-
-    def __init__(self, args, log_path: Path):
-        self.args = list(args)
-        self.log_path = Path(log_path)
-        self._log = open(self.log_path, "w")
-        self.proc = subprocess.Popen([PY, "main.py", *self.args], cwd=ROOT, env=_env(),
-                                     stdout=self._log, stderr=subprocess.STDOUT)
-        self.rc = None
-        self.output = ""
-
-    def wait(self, timeout: float = 900) -> "Run":
-        if self.rc is None:
-            try:
-                self.rc = self.proc.wait(timeout=timeout)
-            finally:
-                self._log.close()
-            self.output = self.log_path.read_text()
-        return self
-
-    def ok(self) -> "Run":
-        self.wait()
-        assert self.rc == 0, f"main.py {' '.join(self.args)} failed (rc={self.rc}):\n{self.output[-4000:]}"
-        return self
-
-    @property
-    def run_dir(self) -> Path:
-        self.ok()
-        found = re.findall(r"^run folder: (.+)$", self.output, flags=re.M)
-        assert found, f"no 'run folder:' line in the output:\n{self.output[-2000:]}"
-        return Path(found[-1].strip())
-
-
-def _main_args(workdir, *extra):
-    return [f"--workdir={workdir}", *TINY, *extra]
-
-
-def _rows(run_dir: Path) -> list[dict]:
-    with open(run_dir / "metrics.csv", newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def _slice_name(deg: str, index: int = 0) -> str:
-    """The slice key main.py uses: ``<deg>_<sample name>`` of the shipped samples."""
-    from physics import modality_of
-    from utils.data import load_dataset
-
-    return f"{deg}_{load_dataset(ROOT / 'indist_samples', modality_of(deg))[index].name}"
-
-
-def _slice_dir(run_dir: Path, solver: str, slice_name: str) -> Path:
-    from utils.run_dir import safe_name
-
-    return run_dir / "slices" / safe_name(solver) / safe_name(slice_name)
-
-
-def _file_state(folder: Path) -> dict:
-    """``{relative path: (mtime_ns, bytes)}`` of every file below ``folder``."""
-    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.read_bytes())
-            for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def _ref_image(deg: str, index: int = 0) -> torch.Tensor:
-    from physics import modality_of
-    from utils.data import load_dataset
-
-    return load_dataset(ROOT / "indist_samples", modality_of(deg))[index].x_ref
-
+from tests.main_runs import (PY, ROOT, SLICE_FILES, SOLVERS, TINY, Run, file_state, main_args, metrics_rows,
+                             ref_image, run_env, slice_dir, slice_key)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -135,13 +34,13 @@ def runs(tmp_path_factory):
     logs = tmp_path_factory.mktemp("main_logs")
     same = base / "same"     # two identical commands → two folders, identical results
     r = {
-        "mri_a": Run(_main_args(same, "--deg=MRI-multi", "--solver=udigdip,dds", "--name=same",
+        "mri_a": Run(main_args(same, "--deg=MRI-multi", "--solver=udigdip,dds", "--name=same",
                                 "--seed=0"), logs / "mri_a.txt"),
-        "mri_b": Run(_main_args(same, "--deg=MRI-multi", "--solver=udigdip,dds", "--name=same",
+        "mri_b": Run(main_args(same, "--deg=MRI-multi", "--solver=udigdip,dds", "--name=same",
                                 "--seed=0"), logs / "mri_b.txt"),
-        "mri_seed1": Run(_main_args(base / "seed1", "--deg=MRI-multi", "--solver=udigdip,dds",
+        "mri_seed1": Run(main_args(base / "seed1", "--deg=MRI-multi", "--solver=udigdip,dds",
                                     "--name=same", "--seed=1"), logs / "mri_seed1.txt"),
-        "ct": Run(_main_args(base / "ct", "--deg=SV-CT", "--solver=udigdip,dds", "--name=ct"),
+        "ct": Run(main_args(base / "ct", "--deg=SV-CT", "--solver=udigdip,dds", "--name=ct"),
                   logs / "ct.txt"),
     }
     r["base"] = base
@@ -160,10 +59,10 @@ def test_run_writes_complete_outputs(runs, key, deg):
     from utils.run_dir import METRIC_COLUMNS
 
     run_dir = runs[key].run_dir
-    slice_name = _slice_name(deg)
+    slice_name = slice_key(deg)
 
     # metrics.csv: exactly one row per (solver, slice), headline and oracle columns separate
-    rows = _rows(run_dir)
+    rows = metrics_rows(run_dir)
     assert sorted((r["solver"], r["slice"]) for r in rows) == sorted(
         (s, slice_name) for s in SOLVERS)
     with open(run_dir / "metrics.csv", newline="") as f:
@@ -173,9 +72,9 @@ def test_run_writes_complete_outputs(runs, key, deg):
     for r in rows:
         assert r["deg"] == deg and r["run"] == run_dir.name
 
-    ref = _ref_image(deg)
+    ref = ref_image(deg)
     for r in rows:
-        d = _slice_dir(run_dir, r["solver"], slice_name)
+        d = slice_dir(run_dir, r["solver"], slice_name)
         for f in SLICE_FILES:
             assert (d / f).is_file() and (d / f).stat().st_size > 0, f"missing {d / f}"
         rec = np.load(d / "recon.npy")
@@ -227,20 +126,49 @@ def test_run_writes_complete_outputs(runs, key, deg):
     assert "dirty" in meta["git"]
 
 
+@pytest.mark.parametrize("key,deg", [("mri_a", "MRI-multi"), ("ct", "SV-CT")])
+def test_metrics_csv_matches_an_independent_computation(runs, key, deg):
+    """The PSNR / SSIM / NMSE in metrics.csv equal what scikit-image and numpy compute from the
+    files alone — the run's recon.npy and the shipped sample it reconstructs, read with np.load —
+    in the fastMRI convention (magnitudes, data_range = max of the reference, 7×7 SSIM), with no
+    project code (utils.metrics, utils.data) in the loop."""
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    def magnitude(a):
+        return np.abs(a).astype(np.float64) if np.iscomplexobj(a) else a.astype(np.float64)
+
+    run_dir = runs[key].run_dir
+    rows = metrics_rows(run_dir)
+    assert sorted(r["solver"] for r in rows) == sorted(SOLVERS)
+    for r in rows:
+        volume, stem = r["slice"].removeprefix(f"{deg}_").split("/")
+        sample = ROOT / "indist_samples" / (f"MRI/{volume}/slice" if deg == "MRI-multi" else f"CT/{volume}")
+        ref = magnitude(np.load(sample / f"{stem}.npy"))
+        rec = magnitude(np.load(slice_dir(run_dir, r["solver"], r["slice"]) / "recon.npy"))
+        assert rec.shape == ref.shape
+        dr = ref.max()
+        psnr = peak_signal_noise_ratio(ref, rec, data_range=dr)
+        assert psnr == pytest.approx(10 * np.log10(dr ** 2 / np.mean((rec - ref) ** 2)), abs=1e-9)
+        assert float(r["psnr"]) == pytest.approx(psnr, abs=1e-4), r["solver"]
+        assert float(r["ssim"]) == pytest.approx(structural_similarity(ref, rec, win_size=7, data_range=dr),
+                                                 abs=1e-5), r["solver"]
+        assert float(r["nmse"]) == pytest.approx(np.sum((rec - ref) ** 2) / np.sum(ref ** 2), rel=1e-5)
+
+
 # ---------------------------------------------------------------------------- 2. determinism
 def test_same_command_is_bit_identical_and_seed_changes_result(runs):
     a, b, c = runs["mri_a"].run_dir, runs["mri_b"].run_dir, runs["mri_seed1"].run_dir
-    slice_name = _slice_name("MRI-multi")
+    slice_name = slice_key("MRI-multi")
     for s in SOLVERS:
-        ra = np.load(_slice_dir(a, s, slice_name) / "recon.npy")
-        rb = np.load(_slice_dir(b, s, slice_name) / "recon.npy")
-        rc = np.load(_slice_dir(c, s, slice_name) / "recon.npy")
+        ra = np.load(slice_dir(a, s, slice_name) / "recon.npy")
+        rb = np.load(slice_dir(b, s, slice_name) / "recon.npy")
+        rc = np.load(slice_dir(c, s, slice_name) / "recon.npy")
         assert ra.dtype == rb.dtype and ra.tobytes() == rb.tobytes(), f"{s}: not bit-identical"
         assert not np.array_equal(ra, rc), f"{s}: --seed=1 gave the same reconstruction"
     keys = ("solver", "deg", "slice", "psnr", "ssim", "nmse", "input_psnr", "input_ssim",
             "oracle_best_psnr", "oracle_best_iter")
-    rows_a = sorted(tuple(r[k] for k in keys) for r in _rows(a))
-    rows_b = sorted(tuple(r[k] for k in keys) for r in _rows(b))
+    rows_a = sorted(tuple(r[k] for k in keys) for r in metrics_rows(a))
+    rows_b = sorted(tuple(r[k] for k in keys) for r in metrics_rows(b))
     assert rows_a == rows_b
 
 
@@ -280,7 +208,7 @@ def _tiny_solver(cfg, name, denoiser):
                                       ("udigdip", "SV-CT")])
 def test_reconstruction_independent_of_ground_truth(priors, name, deg):
     from physics import modality_of
-    from utils.logging import MetricsCallback
+    from utils.run_log import MetricsCallback
 
     cfg, physics, x_ref, y = _problem(deg)
     den = priors[modality_of(deg)]
@@ -308,7 +236,7 @@ def test_same_name_twice_gives_two_folders(runs):
     assert folders == sorted([a, b])
     for d in folders:
         assert re.fullmatch(r"\d{8}-\d{6}_same(_\d+)?", d.name), d.name
-        assert len(_rows(d)) == len(SOLVERS)
+        assert len(metrics_rows(d)) == len(SOLVERS)
         assert (d / "meta.json").is_file()
 
 
@@ -317,27 +245,27 @@ def test_resume_skips_finished_slices(runs, tmp_path):
     workdir = tmp_path / "resume_root"
     run_dir = workdir / src.name
     shutil.copytree(src, run_dir)  # copy2: mtimes preserved; an "interrupted" 1-of-2-slice run
-    first = _slice_name("MRI-multi", 0)
-    second = _slice_name("MRI-multi", 1)
-    before = {s: _file_state(_slice_dir(run_dir, s, first)) for s in SOLVERS}
-    old_rows = {r["solver"]: r for r in _rows(run_dir)}
+    first = slice_key("MRI-multi", 0)
+    second = slice_key("MRI-multi", 1)
+    before = {s: file_state(slice_dir(run_dir, s, first)) for s in SOLVERS}
+    old_rows = {r["solver"]: r for r in metrics_rows(run_dir)}
 
-    args = _main_args(workdir, "--deg=MRI-multi", "--solver=udigdip,dds", "--seed=0",
+    args = main_args(workdir, "--deg=MRI-multi", "--solver=udigdip,dds", "--seed=0",
                       f"--resume={run_dir}", "--max_slices=2")
     r = Run(args, tmp_path / "resume.txt").ok()
     assert r.run_dir == run_dir
     assert [p for p in workdir.iterdir()] == [run_dir], "resume created a new run folder"
 
-    rows = _rows(run_dir)
+    rows = metrics_rows(run_dir)
     for s in SOLVERS:
         mine = [x for x in rows if x["solver"] == s]
         assert sorted(x["slice"] for x in mine) == sorted([first, second]), rows
         # the finished slice was neither recomputed nor rewritten
-        assert _file_state(_slice_dir(run_dir, s, first)) == before[s]
+        assert file_state(slice_dir(run_dir, s, first)) == before[s]
         row1 = next(x for x in mine if x["slice"] == first)
         assert {k: row1[k] for k in ("psnr", "ssim", "seconds")} == \
             {k: old_rows[s][k] for k in ("psnr", "ssim", "seconds")}
-        d2 = _slice_dir(run_dir, s, second)
+        d2 = slice_dir(run_dir, s, second)
         assert all((d2 / f).is_file() for f in SLICE_FILES)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert all(g["n"] == 2 for g in summary["groups"])
@@ -349,14 +277,14 @@ def test_resume_with_different_config_is_refused(runs, tmp_path):
     src = runs["mri_a"].run_dir
     run_dir = tmp_path / src.name
     shutil.copytree(src, run_dir)
-    before = _file_state(run_dir)
-    args = _main_args(tmp_path, "--deg=MRI-multi", "--solver=udigdip,dds", "--seed=5",
+    before = file_state(run_dir)
+    args = main_args(tmp_path, "--deg=MRI-multi", "--solver=udigdip,dds", "--seed=5",
                       f"--resume={run_dir}", "--max_slices=2")
     r = Run(args, tmp_path.parent / f"{tmp_path.name}_refused.txt").wait()
     assert r.rc != 0
     assert "config differs" in r.output and "seed" in r.output, r.output[-2000:]
     assert "Traceback" not in r.output
-    assert _file_state(run_dir) == before  # nothing written into the run
+    assert file_state(run_dir) == before  # nothing written into the run
 
 
 # ------------------------------------------------------------------------------ 4. bad input
@@ -445,7 +373,7 @@ def test_demo_config_covers_both_modalities_with_shipped_files():
         assert p.checkpoint == f"models/priors/demo_{modality.lower()}_64.pt"
         assert (ROOT / p.checkpoint).is_file()
         assert bool(p.is_complex) == (modality == "MRI")
-        assert p.model.image_size == 64 == _ref_image(
+        assert p.model.image_size == 64 == ref_image(
             "MRI-multi" if modality == "MRI" else "SV-CT").shape[-1]
     # the demo's solver settings are valid (constructors validate their configs)
     for n in names:
@@ -470,14 +398,14 @@ def test_default_demo_run(demo_run):
     cfg = get_config()
     run_dir = demo_run.run_dir
     assert run_dir.name.endswith("_demo")
-    rows = _rows(run_dir)
+    rows = metrics_rows(run_dir)
     degs = [d.strip() for d in cfg.deg.split(",")]
     names = [s.strip() for s in cfg.solvers.split(",")]
     assert sorted((x["solver"], x["deg"]) for x in rows) == sorted(
         (s, d) for s in names for d in degs)
     for x in rows:
         assert math.isfinite(float(x["psnr"])) and math.isfinite(float(x["input_psnr"]))
-        d = _slice_dir(run_dir, x["solver"], x["slice"])
+        d = slice_dir(run_dir, x["solver"], x["slice"])
         assert all((d / f).is_file() for f in SLICE_FILES)
     assert (run_dir / "summary.json").is_file()
 
@@ -485,7 +413,7 @@ def test_default_demo_run(demo_run):
 @pytest.mark.slow
 def test_default_demo_udigdip_beats_its_input(demo_run):
     """Quality check of the demo: uDiG-DIP's final iterate beats zero-filled / FBP."""
-    for x in _rows(demo_run.run_dir):
+    for x in metrics_rows(demo_run.run_dir):
         if x["solver"] == "udigdip":
             assert float(x["psnr"]) > float(x["input_psnr"]), x
 
@@ -493,18 +421,18 @@ def test_default_demo_udigdip_beats_its_input(demo_run):
 @pytest.mark.slow
 def test_resumed_run_equals_uninterrupted_run(runs, tmp_path):
     """Slice 2 of a resumed run is bit-identical to slice 2 of a 2-slice run from scratch."""
-    fresh = Run(_main_args(tmp_path / "fresh", "--deg=MRI-multi", "--solver=udigdip,dds",
+    fresh = Run(main_args(tmp_path / "fresh", "--deg=MRI-multi", "--solver=udigdip,dds",
                            "--seed=0", "--max_slices=2"), tmp_path / "fresh.txt").ok().run_dir
     src = runs["mri_a"].run_dir
     resumed = tmp_path / "resumed" / src.name
     shutil.copytree(src, resumed)
-    Run(_main_args(tmp_path / "resumed", "--deg=MRI-multi", "--solver=udigdip,dds", "--seed=0",
+    Run(main_args(tmp_path / "resumed", "--deg=MRI-multi", "--solver=udigdip,dds", "--seed=0",
                    f"--resume={resumed}", "--max_slices=2"), tmp_path / "resumed.txt").ok()
     for i in (0, 1):
-        sl = _slice_name("MRI-multi", i)
+        sl = slice_key("MRI-multi", i)
         for s in SOLVERS:
-            a = np.load(_slice_dir(fresh, s, sl) / "recon.npy")
-            b = np.load(_slice_dir(resumed, s, sl) / "recon.npy")
+            a = np.load(slice_dir(fresh, s, sl) / "recon.npy")
+            b = np.load(slice_dir(resumed, s, sl) / "recon.npy")
             assert a.tobytes() == b.tobytes(), (s, sl)
 
 
@@ -516,214 +444,15 @@ def test_torchrun_two_ranks_match_one_process(tmp_path):
             "--config.solver_cfg.dds.progress=False", "--max_slices=3", f"--workdir={tmp_path}"]
     torchrun = Path(PY).with_name("torchrun")
     out = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", "main.py", *args, "--name=two"],
-                         cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900)
+                         cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     single = Run([*args, "--name=one"], tmp_path / "one.log").run_dir
     two = Path(re.findall(r"^run folder: (.+)$", out.stdout, flags=re.M)[-1].strip())
-    rows_two, rows_one = _rows(two), _rows(single)
+    rows_two, rows_one = metrics_rows(two), metrics_rows(single)
     assert len(rows_two) == len(rows_one) == 3
     key = lambda r: r["slice"]
     for a, b in zip(sorted(rows_two, key=key), sorted(rows_one, key=key)):
         assert a["slice"] == b["slice"] and float(a["psnr"]) == float(b["psnr"])
-        assert np.array_equal(np.load(_slice_dir(two, "dds", a["slice"]) / "recon.npy"),
-                              np.load(_slice_dir(single, "dds", b["slice"]) / "recon.npy"))
+        assert np.array_equal(np.load(slice_dir(two, "dds", a["slice"]) / "recon.npy"),
+                              np.load(slice_dir(single, "dds", b["slice"]) / "recon.npy"))
     assert json.loads((two / "summary.json").read_text())
-
-
-# ------------------------------------------------------------- 6. --batch_size (batched solves)
-#: Short uDiG-DIP / aSeqDIP runs on MRI: the demo config's ``modality_overrides.MRI`` (1000 DIP
-#: steps) would win over TINY's ``solver_cfg`` values, so they are overridden there (3×2 steps).
-BATCH_TINY = [
-    *TINY, "--deg=MRI-multi", "--solver=udigdip,aseqdip,dip,dds", "--max_slices=3", "--seed=0",
-    *(f"--config.solver_cfg.{n}.{k}={v}" for n in ("aseqdip", "dip")
-      for k, v in (("net.channels", "(8,8,8,8)"), ("log_every", 1), ("disable_progress", True))),
-    "--config.modality_overrides.MRI.dip.num_steps=6",
-    "--config.modality_overrides.MRI.udigdip.num_outer=3",
-    "--config.modality_overrides.MRI.udigdip.inner_steps=2",
-    "--config.modality_overrides.MRI.udigdip.purify_stop=3",
-    "--config.modality_overrides.MRI.aseqdip.num_outer=3",
-    "--config.modality_overrides.MRI.aseqdip.inner_steps=2",
-]
-BATCH_SOLVERS = ("udigdip", "aseqdip", "dip", "dds")
-
-
-@pytest.fixture(scope="module")
-def batch_runs(tmp_path_factory):
-    """The same 3-slice run with --batch_size=1 and --batch_size=2, started together."""
-    tmp = tmp_path_factory.mktemp("batch_runs")
-    r = {bs: Run([f"--workdir={tmp / f'bs{bs}'}", *BATCH_TINY, f"--batch_size={bs}", f"--name=bs{bs}"],
-                 tmp / f"bs{bs}.txt") for bs in (1, 2)}
-    yield r
-    for v in r.values():
-        if v.proc.poll() is None:
-            v.proc.kill()
-            v.wait()
-
-
-def _extra(run_dir: Path, solver: str, slice_name: str) -> dict:
-    return json.loads((_slice_dir(run_dir, solver, slice_name) / "result.json").read_text())["extra"]
-
-
-def test_batch_size_matches_one_at_a_time(batch_runs):
-    one, two = batch_runs[1].run_dir, batch_runs[2].run_dir
-    names = [_slice_name("MRI-multi", i) for i in range(3)]
-    # same rows and the same files
-    key = lambda r: (r["solver"], r["slice"])  # noqa: E731
-    rows1, rows2 = sorted(_rows(one), key=key), sorted(_rows(two), key=key)
-    assert [key(r) for r in rows1] == [key(r) for r in rows2] == sorted(
-        (s, n) for s in BATCH_SOLVERS for n in names)
-    files = lambda d: sorted(str(p.relative_to(d)) for p in (d / "slices").rglob("*") if p.is_file())  # noqa: E731
-    assert files(one) == files(two)
-    assert json.loads((two / "config.json").read_text())["batch_size"] == 2
-    for a, b in zip(rows1, rows2):
-        s, sl = key(a)
-        ra = np.load(_slice_dir(one, s, sl) / "recon.npy")
-        rb = np.load(_slice_dir(two, s, sl) / "recon.npy")
-        if sl == names[2]:
-            # the chunk's lone slice: the one-at-a-time path, bit for bit
-            assert ra.tobytes() == rb.tobytes(), (s, sl)
-            assert "batch_size" not in _extra(two, s, sl)
-            continue
-        ex = _extra(two, s, sl)
-        assert ex["batch_size"] == 2 and ex["batch_slices"] == names[:2]
-        assert ("perf" in ex) == (s != "dds")      # config.perf belongs to the batched DIP only
-        # each slice of the batch gets the batch's time / 2
-        assert float(b["seconds"]) == pytest.approx(ex["batch_seconds"] / 2, rel=1e-9)
-        with open(_slice_dir(one, s, sl) / "curves.csv", newline="") as f1, \
-                open(_slice_dir(two, s, sl) / "curves.csv", newline="") as f2:
-            c1, c2 = list(csv.DictReader(f1)), list(csv.DictReader(f2))
-        assert [c["step"] for c in c1] == [c["step"] for c in c2]
-        if s == "dds":
-            # per-slice noise streams (seed of the slice, as one at a time): the same computation,
-            # only the batched prior call / FFTs sum in another order → float32 rounding
-            rel = np.linalg.norm(ra - rb) / np.linalg.norm(ra)
-            assert rel <= 1e-5, (s, sl, rel)
-            assert len(c1) == 2          # nfe=2, log_every=1: per-slice residuals, not batch means
-            for c_1, c_2 in zip(c1, c2):
-                for k in ("residual", "residual_tweedie", "psnr"):
-                    assert float(c_2[k]) == pytest.approx(float(c_1[k]), rel=1e-5), (s, sl, k)
-            continue
-        # batched DIP (grouped convolutions): equal up to float32 rounding, which Adam amplifies
-        # (a near-zero gradient's sign flips → a ±lr step) mostly in the null space of A, so the
-        # images differ more than the PSNR (float64 agrees to 1e-13, tests/test_perf.py)
-        assert abs(float(a["psnr"]) - float(b["psnr"])) < 0.1, (s, sl, a["psnr"], b["psnr"])
-        assert len(c1) == 6
-        # the loss before the first update: the same net (seed), y and reference slice
-        for k in ("loss", "data_loss", "psnr"):
-            assert float(c2[0][k]) == pytest.approx(float(c1[0][k]), rel=1e-5), (s, sl, k)
-    out = batch_runs[2].output
-    for s in BATCH_SOLVERS:
-        assert f"{s}: 2 slices in one batched solve" in out
-    assert "one slice at a time" not in out
-
-
-def test_resume_with_batches_runs_only_missing_slices(batch_runs, tmp_path):
-    """An interrupted batched run (only slice 0 finished) resumed with --batch_size=3: the chunk
-    [0, 1, 2] runs one batched solve over slices 1 and 2; slice 0 is not touched."""
-    src = batch_runs[2].run_dir
-    run_dir = tmp_path / src.name
-    shutil.copytree(src, run_dir)
-    names = [_slice_name("MRI-multi", i) for i in range(3)]
-    for s in BATCH_SOLVERS:
-        for sl in names[1:]:
-            shutil.rmtree(_slice_dir(run_dir, s, sl))
-    rows = [r for r in _rows(run_dir) if r["slice"] == names[0]]
-    with open(run_dir / "metrics.csv", newline="") as f:
-        header = next(csv.reader(f))
-    with open(run_dir / "metrics.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=header)
-        w.writeheader()
-        w.writerows(rows)
-    before = {s: _file_state(_slice_dir(run_dir, s, names[0])) for s in BATCH_SOLVERS}
-
-    r = Run([f"--workdir={tmp_path}", *BATCH_TINY, "--batch_size=3", f"--resume={run_dir}"],
-            tmp_path.parent / f"{tmp_path.name}_resume.txt").ok()
-    assert r.run_dir == run_dir
-    assert sorted((x["solver"], x["slice"]) for x in _rows(run_dir)) == sorted(
-        (s, n) for s in BATCH_SOLVERS for n in names)
-    for s in BATCH_SOLVERS:
-        assert _file_state(_slice_dir(run_dir, s, names[0])) == before[s]
-        assert f"skip {s} / {names[0]}" in r.output
-        for sl in names[1:]:
-            assert all((_slice_dir(run_dir, s, sl) / f).is_file() for f in SLICE_FILES)
-            ex = _extra(run_dir, s, sl)
-            assert ex["batch_size"] == 2 and ex["batch_slices"] == names[1:]
-    for s in BATCH_SOLVERS:
-        assert f"{s}: 2 slices in one batched solve" in r.output
-    assert json.loads((run_dir / "summary.json").read_text())
-
-
-@pytest.fixture(scope="module")
-def bad_batch_runs(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("bad_batch")
-    cases = {"zero": "--batch_size=0", "negative": "--batch_size=-1", "config": "--config.batch_size=0"}
-    out = {k: (Run([f"--workdir={tmp / k}", *TINY, "--deg=SV-CT", "--solver=dds", a], tmp / f"{k}.txt"),
-               tmp / k) for k, a in cases.items()}
-    yield out
-    for run, _ in out.values():
-        if run.proc.poll() is None:
-            run.proc.kill()
-            run.wait()
-
-
-@pytest.mark.parametrize("case", ["zero", "negative", "config"])
-def test_bad_batch_size_clear_error(bad_batch_runs, case):
-    run, workdir = bad_batch_runs[case]
-    run.wait()
-    assert run.rc != 0
-    assert "batch_size" in run.output and ">= 1" in run.output, run.output[-2000:]
-    assert "Traceback" not in run.output, run.output[-3000:]
-    assert not workdir.exists() or not any(workdir.iterdir())
-
-
-# ------------------------------------------------------------- 7. CUDA graphs (config.perf.cuda_graph)
-_ROUTING_SCRIPT = r"""
-import ml_collections
-import main as M
-from solvers.perf import parse_graph_mode
-
-calls = []
-M.prepare_slice = lambda cfg, deg, s, dev, seed: ("job", s, seed)
-M.solve_batch = lambda cfg, jobs, name, *a: calls.append(("batch", name, len(jobs)))
-M.solve_one = lambda cfg, job, name, *a: calls.append(("one", name, 1))
-
-class RD:
-    def is_done(self, *a):
-        return False
-
-cfg = ml_collections.ConfigDict({"seed": 0, "perf": {"cuda_graph": "auto"}})
-assert not M.graph_path(cfg, "udigdip", "cpu")          # auto: off on CPU
-for graphs in (True, False):
-    calls.clear()
-    M.graph_path = lambda cfg, name, dev, g=graphs: g and name in M.PERF_SOLVERS
-    M.run_chunk(cfg, "MRI-multi", [(0, type("S", (), {"name": "a"})())], ["udigdip", "dds", "sgdip"],
-                None, "cpu", RD())
-    want = [("batch" if graphs else "one", "udigdip", 1), ("one", "dds", 1), ("batch" if graphs else "one", "sgdip", 1)]
-    assert calls == want, (graphs, calls)
-assert [parse_graph_mode(v) for v in (True, "ON", "false", "auto", 0)] == ["on", "on", "off", "auto", "off"]
-try:
-    parse_graph_mode("maybe")
-    raise SystemExit("no error for a bad value")
-except ValueError as e:
-    assert "cuda_graph" in str(e)
-print("ROUTING OK")
-"""
-
-
-def test_cuda_graph_routing_sends_single_slices_to_the_batched_solver():
-    """Where CUDA graphs apply (``main.graph_path``; "auto" = CUDA only), the DIP solvers go
-    through the batched solver even for a chunk of one slice; other solvers, and every solver
-    without graphs, one at a time.  (A subprocess: main's absl flags must not meet train's.)"""
-    out = subprocess.run([PY, "-c", _ROUTING_SCRIPT], cwd=ROOT, env=_env(), capture_output=True, text=True,
-                         timeout=300)
-    assert out.returncode == 0 and "ROUTING OK" in out.stdout, out.stdout[-2000:] + out.stderr[-3000:]
-
-
-@pytest.mark.parametrize("field,expect", [("cuda_graph", "'auto', 'on' or 'off'"), ("net_impl", "'auto' or one of")])
-def test_bad_perf_value_clear_error(tmp_path, field, expect):
-    run = Run([f"--workdir={tmp_path / 'w'}", *TINY, "--deg=MRI-multi", "--solver=udigdip",
-               f"--config.perf.{field}=maybe"], tmp_path / "out.txt").wait()
-    assert run.rc != 0
-    assert field in run.output and expect in run.output, run.output[-2000:]
-    assert "Traceback" not in run.output, run.output[-3000:]
-    assert not (tmp_path / "w").exists() or not any((tmp_path / "w").iterdir())

@@ -114,6 +114,7 @@ def test_adjoint_dot_product(kind):
         S = A._maps_for(y)
         wrong = torch.sum(S * ifft2c(A._mask_for(y) * y), dim=1)
         assert abs(lhs - _vdot(x, wrong)) / abs(lhs) > 1e-3
+    assert A.adjointness_test() <= 1e-12                       # the operator's own self-test
     # normal and input_image are consistent with forward/adjoint
     assert torch.allclose(A.normal(x), A.adjoint(A(x)))
     assert torch.allclose(A.input_image(y), Aty)

@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from utils import plots
-from utils.logging import MetricsCallback, summarize, summary_markdown
-from utils.run_dir import (METRIC_COLUMNS, RunDir, atomic_write_text, atomic_writer, git_info,
-                           make_run_dir, read_csv)
+from utils.fileio import atomic_write_text, atomic_writer, read_csv, write_csv
+from utils.provenance import git_info
+from utils.run_dir import METRIC_COLUMNS, make_run_dir
+from utils.run_log import MetricsCallback, summarize, summary_markdown
 
 
 def _psnr_standin(x_hat, x_ref):
@@ -123,7 +124,6 @@ def test_resume_skips_finished_and_no_duplicates(tmp_path):
     assert [r["slice"] for r in rd.read_metrics()] == ["s0", "s1"]
     # also simulate a kill between DONE and the CSV update of s1: drop its row
     rows = rd.read_metrics()
-    from utils.run_dir import write_csv
     write_csv(rd.metrics_csv, rows[:1], METRIC_COLUMNS)
     # a half-written s2 (files but no DONE marker) must be redone
     (rd.slice_dir("dip", "s2", create=True) / "recon.npy").write_bytes(b"garbage")

@@ -264,12 +264,12 @@ def test_merge_waits_for_token_and_rank_dir_writes_no_csv(tmp_path):
 def test_bench_batched_dip_step_equals_single_nets(modality):
     """The batched DIP-step benchmark computes the real thing: its first step's per-slice losses
     are the losses of the one-network step (seed 0 = slice 0's network) to float32 rounding."""
-    import bench
+    import bench_steps as bench
 
     dev = torch.device("cpu")
     A, y, _ = bench.make_problem(modality, 16, dev, batch=2)
     net = {"channels": (4, 8)}
-    single = bench.dip_step_fns(bench._slice_physics(A, 0), y[:1], dev, net, False, False)[0]
+    single = bench.dip_step_fns(bench.slice_physics(A, 0), y[:1], dev, net, False, False)[0]
     batched = bench.batched_dip_step_fn(A, y, dev, net, 2, False, False)
     l_single, l_batched = float(single()), batched()
     assert l_batched.shape == (2,) and torch.isfinite(l_batched).all()

@@ -1,4 +1,4 @@
-"""Multi-process sharding of ``main.py`` over slices (``torchrun --nproc_per_node=G main.py ...``).
+"""Multi-process sharding of a run over slices (``torchrun --nproc_per_node=G main.py ...``).
 
 Each rank reconstructs a deterministic, round-robin share of the slices (:func:`shard`), on its
 own device (:func:`device_for`), into ONE shared run folder; rank 0 merges at the end.
@@ -23,7 +23,7 @@ starts a ``gloo`` (CPU) / ``nccl`` (CUDA) process group, used only to broadcast 
 token from rank 0 (:func:`shared_run_dir`).  Without a process group, ranks meet through a
 rendezvous file (needs ``rendezvous=<path>`` and the same ``UDIG_RUN_TOKEN`` env var in all ranks).
 
-``main.py`` integration (the hook; ``world_size == 1`` behaves exactly as today)::
+How ``run_lib.py`` uses it (``world_size == 1`` is a plain single-process run)::
 
     info = dist_info(); init_distributed(info, device_hint=cfg.device)
     device = device_for(info, cfg.device)             # cuda:<local_rank> / cpu
@@ -31,7 +31,7 @@ rendezvous file (needs ``rendezvous=<path>`` and the same ``UDIG_RUN_TOKEN`` env
     for deg in degs:
         samples = load_samples(cfg, modality)
         for i, sample in shard(list(enumerate(samples)), info.rank, info.world_size):
-            run_slice(..., seed=cfg.seed + i)          # GLOBAL index → same seeds as 1 process
+            ...reconstruct with seed cfg.seed + i...   # GLOBAL index → same seeds as 1 process
     summary = finish(rd, info, token)                 # rank 0: merged summary dict; others: None
 """
 from __future__ import annotations
@@ -43,11 +43,12 @@ import shutil
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, TypeVar
+from typing import Callable, Optional, Sequence, TypeVar
 
 import torch
 
-from utils.run_dir import RunDir, atomic_write_json, atomic_write_text
+from utils.fileio import atomic_write_json, atomic_write_text
+from utils.run_dir import RunDir
 
 T = TypeVar("T")
 RANKS_DIR = "ranks"
@@ -289,7 +290,7 @@ def merge_metrics(rd: RunDir, world_size: int, token: Optional[str] = None, time
 
 
 def finish(rd: RunDir, info: DistInfo, token: str, timeout_s: float = 24 * 3600.0) -> Optional[dict]:
-    """End of ``main``: single process → ``rd.write_summary()``; several → every rank marks
+    """End of a run: single process → ``rd.write_summary()``; several → every rank marks
     itself done and rank 0 merges (returns the summary; other ranks return ``None``)."""
     if not info.distributed:
         return rd.write_summary()

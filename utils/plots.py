@@ -2,7 +2,7 @@
 
 All functions accept torch tensors or numpy arrays of shape ``[H,W]`` (or with leading singleton
 dims such as ``[1,H,W]``), complex (MRI: the magnitude ``|x|`` is shown) or real (CT: the values
-are shown as they are).  Files are written atomically (``utils.run_dir.atomic_writer``).
+are shown as they are).  Files are written atomically (``utils.fileio.atomic_writer``).
 
 * :func:`save_image_png` — one image, grey, no axes.
 * :func:`comparison_figure` — reference | input (zero-filled / FBP) | reconstruction | error map
@@ -17,13 +17,14 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 import matplotlib
 
-if "matplotlib.pyplot" not in sys.modules:  # never switch an interactive session's backend
+if "matplotlib.pyplot" not in sys.modules:  # never switch the backend of an interactive pyplot
     matplotlib.use("Agg")
 from matplotlib.figure import Figure  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from utils.run_dir import atomic_writer, to_float, to_numpy  # noqa: E402
+from utils.fileio import atomic_writer, to_float, to_numpy  # noqa: E402
+from utils.run_log import history_columns  # noqa: E402
 
 ArrayLike = Any
 MetricsLike = Union[Mapping[str, Any], str, None]
@@ -182,8 +183,6 @@ def curves_png(path, history, *, title: Optional[str] = None,
     all values are positive.  With ``mark_oracle`` the best PSNR is marked and labelled
     "oracle best" (it is selected with the reference).
     """
-    from utils.logging import history_columns
-
     cols = history_columns(history)
     n = max((len(v) for v in cols.values()), default=0)
     steps = _steps(cols, n)

@@ -18,14 +18,14 @@ Layout of one run (``exp/<YYYYmmdd-HHMMSS>_<name>[_<k>]/``)::
         result.json      the metrics row + extras (source of truth for ``metrics.csv``)
         DONE             completion marker, written LAST
 
-Crash safety: every file is written through :func:`atomic_writer` (temp file in the same folder,
-fsync, ``os.replace``), so a killed run leaves either the old or the new version of each file,
+Crash safety: every file is written through ``utils.fileio.atomic_writer`` (temp file in the same
+folder, fsync, ``os.replace``), so a killed run leaves either the old or the new version of each file,
 never a truncated one.  A slice counts as finished only once ``DONE`` exists; its row is added to
 ``metrics.csv`` after that.  Reopening with ``resume=`` re-derives ``metrics.csv`` from the
 ``result.json`` of finished slices, so an interruption between the marker and the CSV update
 loses nothing and no row is ever duplicated.
 
-Typical use in ``main.py``::
+Typical use (``run_lib.py`` does this for every slice and solver)::
 
     rd = make_run_dir("exp", name=args.name, resume=args.resume, config=cfg, device=device)
     for sl in slices:
@@ -39,31 +39,32 @@ Typical use in ``main.py``::
                           inp=physics.input_image(sl.y), history=cb, seconds=t.seconds,
                           solver_history=res.history)
     summary = rd.write_summary()
-    print(summary_markdown(summary))      # from utils.logging
+    print_summary(summary)                # utils.run_log
 
 A run covers one degradation per (solver, slice name); if one run mixes degradations, put the
 degradation into the slice name (e.g. ``f"{deg}/{name}"``) so the keys stay unique.
+
+Layering: this module imports ``utils.fileio``, ``utils.provenance``, ``utils.run_log``,
+``utils.metrics`` and ``utils.plots``; none of them imports it.
 """
 from __future__ import annotations
 
 import contextlib
-import csv
-import dataclasses
 import datetime as _dt
 import json
-import math
 import os
-import platform
-import re
-import shlex
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
+
+from utils.fileio import (atomic_save_npy, atomic_write_json, atomic_write_text, read_csv, safe_name, to_float,
+                          to_jsonable, to_numpy, write_csv)
+from utils.metrics import compute_metrics
+from utils.plots import comparison_figure, curves_png, save_image_png
+from utils.provenance import environment_info, git_diff, git_info, now_iso
+from utils.run_log import history_columns, oracle_from_history, save_history_csv, summarize, summary_markdown
 
 #: Column order of ``metrics.csv`` (extra keys, if any, follow these).  ``oracle_*`` columns use
 #: the reference image to pick the best iterate and are NOT the headline numbers.
@@ -74,273 +75,8 @@ METRIC_COLUMNS = (
 
 DONE_MARKER = "DONE"
 RESULT_JSON = "result.json"
-_GIT_DIFF_LIMIT = 1 << 20
 
 
-# ---------------------------------------------------------------------------------------------
-# Atomic writes
-# ---------------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def atomic_writer(path, mode: str = "w", fsync: bool = True, **open_kwargs) -> Iterator[Any]:
-    """Context manager yielding a handle to a temp file that replaces ``path`` on success.
-
-    The temp file lives in the destination folder (so ``os.replace`` is an atomic rename on the
-    same filesystem).  If the body raises, the temp file is removed, ``path`` is left untouched
-    and the exception propagates.  ``mode`` is ``"w"`` (text, utf-8) or ``"wb"``.
-    """
-    if mode not in ("w", "wb"):
-        raise ValueError(f"atomic_writer mode must be 'w' or 'wb', got {mode!r}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    if mode == "w":
-        open_kwargs.setdefault("encoding", "utf-8")
-        open_kwargs.setdefault("newline", "")
-    try:
-        with os.fdopen(fd, mode, **open_kwargs) as f:
-            yield f
-            f.flush()
-            if fsync:
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_bytes(path, data: bytes) -> Path:
-    """Atomically write ``data`` to ``path``."""
-    with atomic_writer(path, "wb") as f:
-        f.write(data)
-    return Path(path)
-
-
-def atomic_write_text(path, text: str) -> Path:
-    """Atomically write the string ``text`` (utf-8) to ``path``."""
-    with atomic_writer(path, "w") as f:
-        f.write(text)
-    return Path(path)
-
-
-def atomic_write_json(path, obj: Any) -> Path:
-    """Atomically write ``obj`` as indented JSON (tensors/arrays/NaN made JSON-safe)."""
-    return atomic_write_text(path, json.dumps(to_jsonable(obj), indent=2, sort_keys=False) + "\n")
-
-
-def atomic_save_npy(path, array) -> Path:
-    """Atomically ``np.save`` an array (a torch tensor is detached and moved to the CPU)."""
-    arr = to_numpy(array)
-    with atomic_writer(path, "wb") as f:
-        np.save(f, arr, allow_pickle=False)
-    return Path(path)
-
-
-def write_csv(path, rows: Sequence[Mapping[str, Any]], fieldnames: Optional[Sequence[str]] = None
-              ) -> Path:
-    """Atomically write ``rows`` (dicts) as CSV; columns = ``fieldnames`` + any extra keys."""
-    fields = list(fieldnames) if fieldnames is not None else []
-    for r in rows:
-        for k in r:
-            if k not in fields:
-                fields.append(k)
-    with atomic_writer(path, "w") as f:
-        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: _csv_value(r.get(k)) for k in fields})
-    return Path(path)
-
-
-def read_csv(path) -> list[dict[str, Any]]:
-    """Read a CSV written by :func:`write_csv`; numeric strings become int/float, '' → None."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    with open(path, newline="", encoding="utf-8") as f:
-        return [{k: _parse_value(v) for k, v in r.items()} for r in csv.DictReader(f)]
-
-
-# ---------------------------------------------------------------------------------------------
-# Conversions
-# ---------------------------------------------------------------------------------------------
-def to_numpy(x) -> np.ndarray:
-    """Tensor / array-like → numpy array (detached, on CPU)."""
-    if hasattr(x, "detach"):
-        x = x.detach().cpu()
-        if hasattr(x, "resolve_conj"):
-            x = x.resolve_conj()
-        return x.numpy()
-    return np.asarray(x)
-
-
-def to_float(x) -> Optional[float]:
-    """Scalar-like (number, numeric string, tensor/array → mean, list → mean) → float or None."""
-    if x is None:
-        return None
-    if isinstance(x, bool):
-        return float(x)
-    if isinstance(x, (int, float)):
-        return float(x)
-    if isinstance(x, str):  # numeric strings (CSV cells); anything else → None
-        try:
-            return float(x)
-        except ValueError:
-            return None
-    if isinstance(x, (list, tuple)):
-        vals = [to_float(v) for v in x]
-        vals = [v for v in vals if v is not None]
-        return float(np.mean(vals)) if vals else None
-    try:
-        arr = to_numpy(x)
-    except Exception:
-        return None
-    if arr.dtype.kind not in "biuf" or arr.size == 0:
-        return None
-    return float(arr.reshape(-1).mean())
-
-
-def to_jsonable(obj: Any) -> Any:
-    """Recursively convert configs, tensors, arrays, paths, non-finite floats to JSON types."""
-    if obj is None or isinstance(obj, (bool, str, int)):
-        return obj
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating,)):
-        return to_jsonable(float(obj))
-    if isinstance(obj, (np.bool_,)):
-        return bool(obj)
-    if isinstance(obj, Path):
-        return str(obj)
-    if hasattr(obj, "to_dict") and callable(obj.to_dict):  # ml_collections.ConfigDict
-        return to_jsonable(obj.to_dict())
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return to_jsonable(dataclasses.asdict(obj))
-    if isinstance(obj, Mapping):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if hasattr(obj, "detach") or isinstance(obj, np.ndarray):
-        arr = to_numpy(obj)
-        if arr.size == 1 and arr.dtype.kind in "biuf":
-            return to_jsonable(arr.reshape(-1)[0].item())
-        if arr.dtype.kind == "c":
-            return {"real": to_jsonable(arr.real.tolist()), "imag": to_jsonable(arr.imag.tolist())}
-        return to_jsonable(arr.tolist())
-    if isinstance(obj, (list, tuple, set)):
-        return [to_jsonable(v) for v in obj]
-    if hasattr(obj, "__dict__") and type(obj).__name__ == "Namespace":  # argparse.Namespace
-        return to_jsonable(vars(obj))
-    return str(obj)
-
-
-def safe_name(name: str) -> str:
-    """Filesystem-safe version of a solver / slice / run name (other chars → ``_``)."""
-    s = re.sub(r"[^A-Za-z0-9._+-]+", "_", str(name)).strip("._")
-    return s or "unnamed"
-
-
-def _csv_value(v):
-    v = to_jsonable(v) if not isinstance(v, str) else v
-    if v is None:
-        return ""
-    if isinstance(v, float):
-        return repr(v)
-    if isinstance(v, (list, dict)):
-        return json.dumps(v)
-    return v
-
-
-def _parse_value(v):
-    if v is None or v == "":
-        return None
-    for cast in (int, float):
-        try:
-            return cast(v)
-        except ValueError:
-            pass
-    return v
-
-
-# ---------------------------------------------------------------------------------------------
-# Environment / provenance
-# ---------------------------------------------------------------------------------------------
-def git_info(repo: Optional[os.PathLike] = None) -> dict:
-    """``{"commit", "dirty", "branch", "available", "error"}`` of the repository holding ``repo``.
-
-    ``dirty`` considers tracked files only (``git status --porcelain --untracked-files=no``).
-    Outside a git repository, or without git installed, returns ``available=False``,
-    ``commit=None`` and the reason in ``error`` (never raises).
-    """
-    cwd = Path(repo) if repo is not None else Path(__file__).resolve().parent.parent
-    out: dict[str, Any] = {"available": False, "commit": None, "dirty": None, "branch": None,
-                           "error": None}
-
-    def _git(*args) -> str:
-        return subprocess.run(["git", *args], cwd=str(cwd), capture_output=True, text=True,
-                              check=True, timeout=20).stdout.strip()
-
-    try:
-        out["commit"] = _git("rev-parse", "HEAD")
-        out["dirty"] = bool(_git("status", "--porcelain", "--untracked-files=no"))
-        with contextlib.suppress(Exception):
-            out["branch"] = _git("rev-parse", "--abbrev-ref", "HEAD")
-        out["available"] = True
-    except FileNotFoundError:
-        out["error"] = "git executable not found"
-    except subprocess.CalledProcessError as e:
-        out["error"] = (e.stderr or str(e)).strip()[:500] or "not a git repository"
-    except (subprocess.TimeoutExpired, OSError) as e:
-        out["error"] = f"{type(e).__name__}: {e}"
-    return out
-
-
-def _git_diff(repo: Optional[os.PathLike] = None) -> Optional[str]:
-    cwd = Path(repo) if repo is not None else Path(__file__).resolve().parent.parent
-    try:
-        diff = subprocess.run(["git", "diff", "HEAD"], cwd=str(cwd), capture_output=True,
-                              text=True, check=True, timeout=30).stdout
-    except Exception:
-        return None
-    if len(diff) > _GIT_DIFF_LIMIT:
-        diff = diff[:_GIT_DIFF_LIMIT] + "\n... [truncated]\n"
-    return diff
-
-
-def environment_info(device=None, argv: Optional[Sequence[str]] = None) -> dict:
-    """Command line, python/torch/numpy versions, host, and the device (name if CUDA)."""
-    argv = list(sys.argv if argv is None else argv)
-    info: dict[str, Any] = {
-        "argv": argv,
-        "command": shlex.join(argv) if argv else "",
-        "python_executable": sys.executable,
-        "cwd": os.getcwd(),
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "host": platform.node(),
-        "numpy": np.__version__,
-        "device": None if device is None else str(device),
-    }
-    try:
-        import torch
-
-        info["torch"] = torch.__version__
-        info["cuda_available"] = bool(torch.cuda.is_available())
-        dev = torch.device(device) if device is not None else None
-        if dev is not None and dev.type == "cuda" and torch.cuda.is_available():
-            info["device_name"] = torch.cuda.get_device_name(dev)
-    except Exception as e:  # torch missing or broken: record, don't fail the run
-        info["torch"] = f"unavailable ({type(e).__name__})"
-    return info
-
-
-def _now_iso() -> str:
-    return _dt.datetime.now().astimezone().isoformat(timespec="seconds")
-
-
-# ---------------------------------------------------------------------------------------------
-# Run directory
-# ---------------------------------------------------------------------------------------------
 class _Timer:
     """Result of :meth:`RunDir.timer`; ``seconds`` is set when the ``with`` block exits."""
 
@@ -394,7 +130,7 @@ class RunDir:
         ``meta["resumes"]``.  A dirty tree's ``git diff HEAD`` goes to ``git_diff.patch``.
         """
         git = git_info()
-        entry = {"time": _now_iso(), "git": git, **environment_info(device, argv)}
+        entry = {"time": now_iso(), "git": git, **environment_info(device, argv)}
         if extra:
             entry["extra"] = dict(extra)
         p = self.path / "meta.json"
@@ -408,7 +144,7 @@ class RunDir:
             meta = {"run": self.name, "path": str(self.path), "created": entry["time"], **entry}
         atomic_write_json(p, meta)
         if git.get("dirty"):
-            diff = _git_diff()
+            diff = git_diff()
             if diff:
                 name = "git_diff.patch" if not (self.path / "git_diff.patch").exists() else \
                     f"git_diff.resume{len(meta.get('resumes', []))}.patch"
@@ -461,7 +197,7 @@ class RunDir:
         """Accumulate ``seconds`` under ``name`` and rewrite ``timings.json``."""
         self.timings[name] = self.timings.get(name, 0.0) + float(seconds)
         atomic_write_json(self.path / "timings.json",
-                          {"seconds": self.timings, "updated": _now_iso()})
+                          {"seconds": self.timings, "updated": now_iso()})
 
     # -- per-slice outputs ------------------------------------------------------------------
     def save_slice(self, solver: str, slice_name: str, *, recon, ref=None, inp=None,
@@ -480,7 +216,7 @@ class RunDir:
             metrics / input_metrics: dicts with ``psnr``, ``ssim``, ``nmse`` of the final iterate /
                 of ``inp``.  When ``None`` and ``ref`` is given they are computed with
                 ``utils.metrics.compute_metrics``.
-            history: a :class:`utils.logging.MetricsCallback` or a dict of per-log-step lists
+            history: a :class:`utils.run_log.MetricsCallback` or a dict of per-log-step lists
                 (``step``, ``psnr``, ``ssim``, losses) → ``curves.csv``/``curves.png``.
             oracle: ``{"oracle_best_psnr", "oracle_best_iter"}``; default: derived from
                 ``history`` (max PSNR over the logged iterates — uses the reference, so it is
@@ -490,16 +226,12 @@ class RunDir:
             input_label: e.g. ``"zero-filled"`` or ``"FBP"`` for the comparison figure.
         Returns the metrics row (dict with ``METRIC_COLUMNS``).
         """
-        from utils import logging as ulog  # local import: logging imports this module
-
         d = self.slice_dir(solver, slice_name, create=True)
         marker = d / DONE_MARKER
         if marker.exists():  # re-doing a finished slice: invalidate first, marker is last again
             marker.unlink()
 
         if (metrics is None or (input_metrics is None and inp is not None)) and ref is not None:
-            from utils.metrics import compute_metrics
-
             if metrics is None:
                 metrics = compute_metrics(_as_batch(recon), _as_batch(ref))
             if input_metrics is None and inp is not None:
@@ -507,9 +239,9 @@ class RunDir:
         metrics = dict(metrics or {})
         input_metrics = dict(input_metrics or {})
 
-        hist = ulog.history_columns(history) if history is not None else {}
+        hist = history_columns(history) if history is not None else {}
         if oracle is None:
-            oracle = ulog.oracle_from_history(hist)
+            oracle = oracle_from_history(hist)
 
         row: dict[str, Any] = {
             "run": self.name, "solver": solver, "deg": deg, "slice": slice_name,
@@ -527,26 +259,24 @@ class RunDir:
         rec_np = _squeeze_image(to_numpy(recon))
         atomic_save_npy(d / "recon.npy", rec_np)
         if hist:
-            ulog.save_history_csv(d / "curves.csv", hist)
+            save_history_csv(d / "curves.csv", hist)
         if solver_history:
-            ulog.save_history_csv(d / "solver_history.csv", solver_history)
+            save_history_csv(d / "solver_history.csv", solver_history)
         if plots:
-            from utils import plots as uplots
-
-            uplots.save_image_png(d / "recon.png", rec_np)
+            save_image_png(d / "recon.png", rec_np)
             if ref is not None or inp is not None:
-                uplots.comparison_figure(
+                comparison_figure(
                     d / "comparison.png", ref, inp, rec_np, input_metrics=input_metrics or None,
                     rec_metrics=metrics or None, input_label=input_label,
                     rec_label=f"{solver}", suptitle=f"{slice_name}  [{deg}]" if deg else slice_name)
             if hist:
-                uplots.curves_png(d / "curves.png", hist, title=f"{solver} — {slice_name}")
+                curves_png(d / "curves.png", hist, title=f"{solver} — {slice_name}")
 
         result = {"row": row, "metrics": metrics, "input_metrics": input_metrics,
-                  "oracle": oracle, "finished_at": time.time(), "finished": _now_iso(),
+                  "oracle": oracle, "finished_at": time.time(), "finished": now_iso(),
                   "extra": dict(extra or {})}
         atomic_write_json(d / RESULT_JSON, result)
-        atomic_write_text(marker, _now_iso() + "\n")  # LAST file of the slice
+        atomic_write_text(marker, now_iso() + "\n")  # LAST file of the slice
         self.append_metrics_row(row, replace=True)
         return row
 
@@ -610,17 +340,15 @@ class RunDir:
 
     # -- summary ----------------------------------------------------------------------------
     def write_summary(self, rows: Optional[Sequence[Mapping[str, Any]]] = None) -> dict:
-        """Write ``summary.json`` (see :func:`utils.logging.summarize`) and ``summary.md``."""
-        from utils import logging as ulog
-
+        """Write ``summary.json`` (see :func:`utils.run_log.summarize`) and ``summary.md``."""
         rows = self.read_metrics() if rows is None else list(rows)
-        summary = ulog.summarize(rows)
+        summary = summarize(rows)
         summary["run"] = self.name
         summary["timings_seconds"] = dict(self.timings)
         summary["total_slice_seconds"] = float(
             sum(to_float(r.get("seconds")) or 0.0 for r in rows))
         atomic_write_json(self.path / "summary.json", summary)
-        atomic_write_text(self.path / "summary.md", ulog.summary_markdown(summary) + "\n")
+        atomic_write_text(self.path / "summary.md", summary_markdown(summary) + "\n")
         return summary
 
 
@@ -680,8 +408,4 @@ def make_run_dir(root: os.PathLike = "exp", name: Optional[str] = None,
     return rd
 
 
-__all__ = [
-    "METRIC_COLUMNS", "RunDir", "make_run_dir", "atomic_writer", "atomic_write_bytes",
-    "atomic_write_text", "atomic_write_json", "atomic_save_npy", "write_csv", "read_csv",
-    "git_info", "environment_info", "to_jsonable", "to_float", "to_numpy", "safe_name",
-]
+__all__ = ["METRIC_COLUMNS", "DONE_MARKER", "RESULT_JSON", "RunDir", "make_run_dir"]

@@ -1,4 +1,4 @@
-"""Metric tracking during a solve, per-run summaries, and text logging.
+"""Metric tracking during a solve and per-run summaries (the run's log of numbers).
 
 * :class:`MetricsCallback` — the ``callback(step, x_hat, info)`` handed to a solver; records
   step, PSNR/SSIM/NMSE against the reference and every scalar loss found in ``info``.  Its
@@ -7,11 +7,11 @@
 * :func:`summarize` — mean ± std per (solver, deg) over metrics rows; final-iterate metrics are
   the headline (``"final"``), oracle values sit only under ``"oracle_best_over_iterations"``.
 * :func:`summary_markdown` / :func:`print_summary` — the README / end-of-run table.
-* :func:`setup_logging` — stdlib logger writing to stderr and ``<run>/log.txt``.
+
+Imports ``utils.fileio`` and ``utils.metrics`` only (both leaves).
 """
 from __future__ import annotations
 
-import logging as _logging
 import math
 import sys
 from pathlib import Path
@@ -19,7 +19,8 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
-from utils.run_dir import to_float, write_csv
+from utils.fileio import to_float, write_csv
+from utils.metrics import compute_metrics
 
 #: Metrics aggregated as the headline (final iterate / solver input).
 HEADLINE_METRICS = ("psnr", "ssim", "nmse", "input_psnr", "input_ssim", "seconds")
@@ -64,8 +65,6 @@ class MetricsCallback:
     def _metrics(self, x_hat, x_ref) -> Mapping:
         if self._compute is not None:
             return self._compute(x_hat, x_ref)
-        from utils.metrics import compute_metrics
-
         return compute_metrics(x_hat, x_ref, convention=self.convention)
 
     def __call__(self, step: int, x_hat, info: Optional[Mapping[str, Any]] = None) -> None:
@@ -310,34 +309,8 @@ def print_summary(summary: Mapping[str, Any], file=None, **kwargs) -> str:
     return text
 
 
-# ---------------------------------------------------------------------------------------------
-# Text logging
-# ---------------------------------------------------------------------------------------------
-def setup_logging(run_dir=None, name: str = "udig", level: int = _logging.INFO
-                  ) -> _logging.Logger:
-    """Logger ``name`` writing to stderr and (if ``run_dir`` given) appending to
-    ``<run_dir>/log.txt``; calling it again does not duplicate handlers."""
-    logger = _logging.getLogger(name)
-    logger.setLevel(level)
-    logger.propagate = False
-    fmt = _logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
-    if not any(getattr(h, "_udig_stream", False) for h in logger.handlers):
-        h = _logging.StreamHandler(sys.stderr)
-        h.setFormatter(fmt)
-        h._udig_stream = True  # type: ignore[attr-defined]
-        logger.addHandler(h)
-    if run_dir is not None:
-        path = str(Path(run_dir) / "log.txt")
-        if not any(getattr(h, "baseFilename", None) == str(Path(path).resolve())
-                   for h in logger.handlers):
-            fh = _logging.FileHandler(path, mode="a", encoding="utf-8")
-            fh.setFormatter(fmt)
-            logger.addHandler(fh)
-    return logger
-
-
 __all__ = [
     "MetricsCallback", "summarize", "summary_markdown", "print_summary", "oracle_from_history",
     "history_columns", "records_to_columns", "save_history_csv", "format_record",
-    "setup_logging", "HEADLINE_METRICS", "ORACLE_METRICS",
+    "HEADLINE_METRICS", "ORACLE_METRICS",
 ]
