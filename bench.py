@@ -24,7 +24,7 @@ Each phase is timed in two variants in the same run, and their ratio is reported
   (for ``solve``: the one-slice-at-a-time solver with ``log_every=1``, i.e. a sync every step);
 * ``opt``: bf16 autocast (CUDA; on CPU only with ``--bf16_cpu``), channels_last, ``torch.compile``
   with ``--compile``, fused Adam on CUDA, no per-step sync (one sync at the end of the timed
-  loop; for ``solve``: ``solvers.batched`` with all ``--batch_sizes[-1]`` slices at once, time per
+  loop; for ``solve``: one solve of all ``--batch_sizes[-1]`` slices at once, time per
   slice).
 
 FLOPs of one DIP step and one prior call come from ``torch.utils.flop_counter.FlopCounterMode``
@@ -72,7 +72,7 @@ def define_flags() -> None:
                         "(prior registry names or checkpoint paths).")
     flags.DEFINE_float("peak_tflops", None, "Peak TFLOP/s for MFU (default: 989 on an H100/H200, else unset).")
     flags.DEFINE_boolean("compile", False, "torch.compile the networks in the optimised variant (timing only: "
-                         "outputs are not checked; the batched nets refuse compile on CUDA, see solvers.batched).")
+                         "outputs are not checked; the DIP solvers refuse compile on CUDA, see solvers/perf.py).")
     flags.DEFINE_boolean("bf16_cpu", False, "Use bf16 autocast in the optimised variant on CPU too.")
     flags.DEFINE_string("net_channels", "32,64,128,128", "DIPUNet widths (demo default).")
     flags.DEFINE_integer("threads", None, "torch.set_num_threads (default: torch's).")
@@ -89,7 +89,7 @@ def define_flags() -> None:
                          "convolution algorithms; the solvers run with cudnn.deterministic and no benchmark).")
     flags.DEFINE_integer("profile_batch", 0, "Batched DIP-step table: profile the eager step at this B "
                          "(torch.profiler, top ops by GPU or CPU time; 0 = off).")
-    flags.DEFINE_string("net_impls", "vmap", "Batched DIP-step table: comma list of solvers.batched.NET_IMPLS "
+    flags.DEFINE_string("net_impls", "vmap", "Batched DIP-step table: comma list of models.stacked_dip.NET_IMPLS "
                         "(vmap, grouped, grouped_cl); each gets its own rows and B=1 reference.")
     flags.DEFINE_boolean("graph_only", False, "Batched DIP-step table on CUDA: only the CUDA-graph rows.")
     flags.DEFINE_string("phases", ",".join(PHASES), "Comma list of phases to time, in this order: "
@@ -198,7 +198,7 @@ def phase_dip_batched(c: Case) -> None:
         except Exception as e:
             c.error(f"{where} impl={impl}", e)
             continue
-        if graph and fn.stepper.graph is None:
+        if graph and not fn.stepper.graph_used:
             c.result["errors"].append({"device": str(c.device), "modality": c.modality, "phase": where,
                                        "error": f"not captured: {fn.stepper.graph_error}"})
             continue
@@ -321,7 +321,7 @@ def run() -> dict:
         "notes": [
             "unopt = float32, default memory format, eager, .item() sync after every call/step; "
             "opt = bf16 autocast (CUDA, CPU only with --bf16_cpu), channels_last, --compile, fused Adam on CUDA, "
-            "no per-step sync; solve/opt = solvers.batched with max(batch_sizes) slices, time per slice",
+            "no per-step sync; solve/opt = one solve of max(batch_sizes) slices, time per slice",
             "FLOPs: torch.utils.flop_counter.FlopCounterMode (conv/matmul/attention only; FFT, sparse CT "
             "products and element-wise ops not counted)",
             "CPU peak memory = process ru_maxrss high-water mark after the phase (monotone over the run)",

@@ -21,12 +21,12 @@ def compile_check(device: torch.device, out: Path, size: int = 64, budget_s: flo
     compiled outputs (and gradients) of the demo DIP U-Net, one case at a time, cheapest-to-explain
     first; the JSON is rewritten after every case so a timeout keeps what finished.
 
-    Cases: ``vmap_fwd`` (BatchedDIPNets, B=2, the failing setting), ``plain_fwd`` (one nn.Module,
+    Cases: ``vmap_fwd`` (StackedDIPNets, B=2, the failing setting), ``plain_fwd`` (one nn.Module,
     no vmap), ``vmap_fwd_norm_none`` (no BatchNorm), ``vmap_fwd_bwd`` (parameter gradients); backends
     ``inductor`` and ``aot_eager`` (no code generation).  ``rel_err`` = ‖compiled − eager‖ / ‖eager‖.
     """
     from models.dip_unet import build_dip_net
-    from solvers.batched import BatchedDIPNets
+    from models.stacked_dip import StackedDIPNets
 
     net = {"channels": (32, 64, 128, 128)}
     g = torch.Generator().manual_seed(0)
@@ -41,7 +41,7 @@ def compile_check(device: torch.device, out: Path, size: int = 64, budget_s: flo
         return float((a - b).norm() / b.norm())
 
     def vmap_case(norm):
-        nets = BatchedDIPNets({**net, "norm": norm}, True, [0, 1], device=device)
+        nets = StackedDIPNets({**net, "norm": norm}, True, [0, 1], device=device)
         return nets, lambda fn: fn(nets.params, nets.buffers, x2)
 
     def sgd_steps(fn, nets, n=5, lr=1e-3):

@@ -101,7 +101,8 @@ def slice_physics(A, b):
 def dip_step_fns(A, y, device, net_cfg, bf16: bool, compile_: bool, lam: float = 1.0):
     """``(unopt_fn, opt_fn)``: one DIP Adam step each (fresh nets/optimisers per variant)."""
     from models.dip_unet import build_dip_net
-    from solvers.common import dip_loss, initial_input, net_output
+    from solvers.common import initial_input, net_output
+    from solvers.dip_loop import dip_loss
     from utils.complex import from_channels, to_channels
 
     is_complex = bool(A.is_complex)
@@ -113,7 +114,7 @@ def dip_step_fns(A, y, device, net_cfg, bf16: bool, compile_: bool, lam: float =
     def unopt():
         opt_u.zero_grad(set_to_none=True)
         x = net_output(net_u, z, is_complex)
-        loss, _, _ = dip_loss(x, y, A, lam, z)
+        loss = dip_loss(x, y, A, lam, z)[0].sum()
         loss.backward()
         opt_u.step()
         return loss.detach()
@@ -131,7 +132,7 @@ def dip_step_fns(A, y, device, net_cfg, bf16: bool, compile_: bool, lam: float =
         with ctx:
             out = fwd_net(zc)
         x = from_channels(out.float(), is_complex)
-        loss, _, _ = dip_loss(x, y, A, lam, z)
+        loss = dip_loss(x, y, A, lam, z)[0].sum()
         loss.backward()
         opt_o.step()
         return loss.detach()
@@ -198,43 +199,40 @@ def solve_fns(name, den_u, den_o, A, y, device, steps, net_cfg, bf16, compile_, 
 
     def unopt():
         s = solvers.make_solver(name, {**cfg, "log_every": 1}, den_u if solvers.needs_prior(name) else None,
-                                seed=0, device=device)
+                                seed=0, device=device, perf={"cuda_graph": "off"})
         return s(yb, slice_physics(Ab, 0)).x_hat.abs().sum()
 
     def opt():
-        bcfg = {**cfg, "log_every": 10 ** 9, "perf": {"bf16": bf16, "bf16_cpu": bf16, "compile": compile_}}
-        s = batched_solver(name, bcfg, den_o if solvers.needs_prior(name) else None, list(range(batch)), device)
+        s = solvers.make_solver(name, {**cfg, "log_every": 10 ** 9}, den_o if solvers.needs_prior(name) else None,
+                                seeds=list(range(batch)), device=device,
+                                perf={"bf16": bf16, "bf16_cpu": bf16, "compile": compile_})
         return s(y[:batch], A).x_hat
     return unopt, opt, batch
 
 
-# ------------------------------------------------------------- the batched DIP code (solvers.batched)
+# ------------------------------------------------------------- the DIP step engine (solvers.engines)
 def batched_dip_step_fn(A, y, device, net_cfg, B: int, bf16: bool, compile_: bool, lam: float = 1.0,
                         graph: bool = False, impl: str = "vmap"):
     """One optimiser step of ``B`` independent DIP nets on slices ``y[:B]`` — the solvers' own
-    step (``solvers.batched.BatchedDIPStep``: one vmapped forward/backward, :class:`StackedAdam`),
+    step (``solvers.engines.DIPEngine``: one forward/backward of the B nets, ``StackedAdam``),
     replayed from a CUDA graph when ``graph``; no host sync.  Returns the per-slice losses."""
-    from physics import stack_physics
-    from solvers.batched import BatchedDIPNets, BatchedDIPStep, StackedAdam
-    from solvers.common import initial_input
+    from models.stacked_dip import StackedDIPNets
+    from physics import finite_checks, stack_physics
+    from solvers.common import initial_input, net_output
+    from solvers.dip_loop import dip_loss
+    from solvers.engines import DIPEngine
 
     is_complex = bool(A.is_complex)
     Ab = stack_physics([slice_physics(A, b % y.shape[0]) for b in range(B)])
     yb = torch.cat([y[b % y.shape[0]][None] for b in range(B)])
     z = initial_input(yb, Ab, "input_image")
-    nets = BatchedDIPNets(net_cfg, is_complex, list(range(B)), device=device, compile=compile_, impl=impl)
-    opt = StackedAdam(nets.parameters(), B, lr=1e-4, capturable=graph)
-    stepper = BatchedDIPStep(lambda zz: nets.output(zz, is_complex, bf16), opt, Ab, yb, lam, "mean", graph=graph)
+    nets = StackedDIPNets(net_cfg, is_complex, list(range(B)), device=device, compile=compile_, impl=impl)
+    engine = DIPEngine(nets, lambda net, zz: net_output(net, zz, is_complex), lambda x, zz: dip_loss(x, yb, Ab, lam, zz),
+                       lr=1e-4, cuda_graph=graph, bf16=bf16)
 
     def step():
-        return stepper(z, z)[1]
+        with finite_checks(Ab, False):       # as in the solvers: no per-call host sync
+            return engine.step(z).total
 
-    step.stepper = stepper
+    step.stepper = engine
     return step
-
-
-def batched_solver(name, cfg, denoiser, seeds, device):
-    """Solver ``name`` for ``len(seeds)`` slices at once (one seed per slice)."""
-    from solvers.batched import make_batched_solver
-
-    return make_batched_solver(name, cfg, denoiser, seeds=seeds, device=device)

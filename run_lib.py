@@ -51,16 +51,16 @@ class InputError(ValueError):
 
 
 # ------------------------------------------------------------------------------------------ solvers
-#: Solvers with a batched variant (``solvers.batched.make_batched_solver``).
-BATCHED_SOLVERS = ("udigdip", "aseqdip", "dip", "dds", "dps")
-#: Batched solvers whose config takes ``perf`` (``config.perf``: bf16 / compile of the DIP nets).
-PERF_SOLVERS = ("udigdip", "aseqdip", "dip")
+#: Solvers that reconstruct several slices in one solve (``seeds``: one per slice).
+BATCHED_SOLVERS = ("udigdip", "aseqdip", "dip", "sgdip", "dds", "dps")
+#: Solvers that take ``perf`` (``config.perf``, ``solvers/perf.py``: the DIP solvers).
+PERF_SOLVERS = tuple(n for n in solvers.REGISTRY if solvers.takes_perf(n))
 
 
 def graph_path(cfg, name: str, device) -> bool:
-    """Whether solver ``name`` runs through its batched variant to replay its DIP steps from a CUDA
-    graph (``config.perf.cuda_graph``, "auto" = on CUDA), even for a single slice."""
-    from solvers.batched import graph_wanted
+    """Whether solver ``name`` replays its DIP steps from a CUDA graph (``config.perf.cuda_graph``,
+    "auto" = on CUDA); such chunks go through :func:`solve_batch` even for a single slice."""
+    from solvers.perf import graph_wanted
 
     return name in PERF_SOLVERS and graph_wanted(cfg.get("perf"), torch.device(device))
 
@@ -70,37 +70,22 @@ def uses_batched_solve(cfg, name: str, num_slices: int, device) -> bool:
     return name in BATCHED_SOLVERS and (num_slices > 1 or graph_path(cfg, name, device))
 
 
-def solver_config(cfg, name: str, modality: str, batched: bool):
-    """The solver's config (:func:`configs.base.solver_config_for`); a batched solve of
-    :data:`PERF_SOLVERS` also gets ``perf`` = ``cfg.perf`` (DDS/DPS have no such field)."""
-    c = solver_config_for(cfg, name, modality)
-    perf = cfg.get("perf")
-    if batched and perf is not None and name in PERF_SOLVERS:
-        with c.unlocked():
-            c.perf = perf.to_dict()
-    return c
-
-
 def build_solver(cfg, name: str, modality: str, denoiser, seeds: list[int], device, batched: bool):
-    """Solver ``name`` for slices seeded ``seeds``: the one-slice solver (``seeds[0]``) or the
-    batched one (one seed per slice).  The only place that constructs solvers."""
+    """Solver ``name`` for slices seeded ``seeds`` (one per slice of a batched solve; a one-slice
+    solve uses ``seeds[0]``), with its config for ``modality`` and, for the DIP solvers, the run's
+    ``config.perf``.  The only place that constructs solvers."""
     den = denoiser if solvers.needs_prior(name) else None
-    c = solver_config(cfg, name, modality, batched)
-    if not batched:
-        return solvers.make_solver(name, c, den, seed=seeds[0], device=device)
-    from solvers.batched import make_batched_solver
-
-    return make_batched_solver(name, c, den, seeds=list(seeds), device=device)
+    return solvers.make_solver(name, solver_config_for(cfg, name, modality), den, seed=seeds[0], device=device,
+                               seeds=list(seeds) if batched else None, perf=cfg.get("perf"))
 
 
 def check_perf(cfg, names: list[str], device, batch_size: int) -> None:
     """Validate ``cfg.perf`` (cuda_graph / net_impl values) and say where it applies."""
-    try:
-        graphs = [n for n in names if graph_path(cfg, n, device)]
-        if cfg.get("perf") is not None:
-            from solvers.batched import resolve_net_impl
+    from solvers.perf import validate
 
-            resolve_net_impl(cfg.perf.get("net_impl", "auto"), device)
+    try:
+        validate(cfg.get("perf"))
+        graphs = [n for n in names if graph_path(cfg, n, device)]
     except ValueError as e:      # a bad perf.cuda_graph / perf.net_impl value
         raise InputError(f"--config.perf: {e}") from None
     if batch_size > 1:
@@ -109,12 +94,7 @@ def check_perf(cfg, names: list[str], device, batch_size: int) -> None:
                      ", ".join(n for n in names if n in BATCHED_SOLVERS) or "no solver",
                      f"; {', '.join(unbatched)} one slice at a time (no batched variant)" if unbatched else "")
     if graphs:
-        logging.info("CUDA graphs (config.perf.cuda_graph): %s run through the batched solver%s", ", ".join(graphs),
-                     " with one slice per solve" if batch_size == 1 else "")
-    elif batch_size == 1 and cfg.get("perf") is not None and any(
-            bool(v) for k, v in cfg.perf.to_dict().items() if k not in ("cuda_graph", "net_impl")):
-        logging.warning("config.perf (%s) applies to batched solves only (--batch_size > 1, or CUDA graphs "
-                        "on a CUDA device); ignored", cfg.perf.to_dict())
+        logging.info("CUDA graphs (config.perf.cuda_graph): %s replay their DIP steps", ", ".join(graphs))
 
 
 def check_solver_configs(cfg, names, denoiser, device, modality: str) -> None:
@@ -123,8 +103,6 @@ def check_solver_configs(cfg, names, denoiser, device, modality: str) -> None:
     for name in names:
         try:
             build_solver(cfg, name, modality, denoiser, [cfg.seed], device, batched=False)
-            if uses_batched_solve(cfg, name, cfg.batch_size, device):
-                build_solver(cfg, name, modality, denoiser, [cfg.seed], device, batched=True)
         except (ValueError, KeyError, TypeError) as e:
             raise InputError(f"invalid config of solver {name!r} "
                              f"(--config.solver_cfg.{name}.*): {e}") from None
@@ -378,7 +356,7 @@ def solve_batch(cfg, jobs: list[SliceJob], name, denoiser, device, rd) -> None:
     logging.info("%s: %d slice%s in one batched solve (%s) in %.2f s (%.2f s per slice)",
                  name, B, "s" if B > 1 else "", ", ".join(j.name for j in jobs), seconds, seconds / B)
     batch = {"batch_size": B, "batch_slices": [j.name for j in jobs], "batch_seconds": seconds}
-    perf = result.info.get("config", {}).get("perf")
+    perf = result.info.get("perf")
     if perf is not None:
         batch["perf"] = perf
     if "cuda_graph" in result.info:      # was the DIP step replayed from a CUDA graph (perf.cuda_graph)

@@ -16,6 +16,7 @@ import ml_collections
 
 from solvers import REGISTRY as SOLVER_REGISTRY
 from solvers import default_config as solver_default_config
+from solvers.perf import default_config as perf_defaults
 
 
 def get_base_config():
@@ -27,18 +28,13 @@ def get_base_config():
     c.workdir = "exp"
     c.run_name = ""
     c.log_every = 25                # metric curves / callback period (optimizer steps)
-    # slices reconstructed together by one batched solve (udigdip, aseqdip, dip, dds, dps; sgdip
-    # runs one slice at a time); 1 = one at a time. Per-slice results equal the one-at-a-time ones
-    # up to float rounding.
+    # slices reconstructed together by one solve (every solver takes B slices, one seed each);
+    # 1 = one at a time. Per-slice results equal the one-at-a-time ones up to float rounding.
     c.batch_size = 1
-    # speed switches of the batched solves (batch_size > 1), solvers/batched.py: bf16 autocast of
-    # the DIP networks (CUDA; on CPU also needs bf16_cpu), torch.compile (CPU only) and CUDA-graph
-    # replay of each DIP step: "auto" (on CUDA; there udigdip/aseqdip/dip run through the batched
-    # solver even with batch_size 1), "on", "off". bf16/compile off = float32, eager networks.
-    # net_impl: how the B networks run ("auto", "vmap", "grouped", "grouped_cl" = grouped
-    # convolutions in channels-last layout; same arithmetic, solvers/batched.py NET_IMPLS).
-    c.perf = ml_collections.ConfigDict(dict(bf16=False, bf16_cpu=False, compile=False, cuda_graph="auto",
-                                            net_impl="auto"))
+    # speed settings of the DIP solvers (udigdip, aseqdip, dip, sgdip), handed to each as `perf`:
+    # bf16 / bf16_cpu, compile, cuda_graph ("auto" = replay each step from a CUDA graph on CUDA),
+    # net_impl ("auto", "vmap", "grouped", "grouped_cl"); defaults and meaning: solvers/perf.py.
+    c.perf = perf_defaults()
 
     c.data = ml_collections.ConfigDict()
     c.data.path = "indist_samples"  # DDS-style folder, fastMRI .h5, AAPM .npy or DICOM

@@ -23,6 +23,9 @@ whose backward is deterministic; the up-sampling is numerically the same as
 
 Complex images: the network works on real channels; use :func:`utils.complex.to_channels` /
 ``from_channels`` (``solvers.common.net_output`` does this): complex ``[B,H,W]`` ↔ ``[B,2,H,W]``.
+
+``B`` independent networks evaluated in one call (the batched DIP solvers) are in
+``models/stacked_dip.py``.
 """
 from __future__ import annotations
 
@@ -62,7 +65,7 @@ class DoubleConv(nn.Module):
         return self.block(x)
 
 
-def _upsample2_1d(x: torch.Tensor, dim: int) -> torch.Tensor:
+def upsample2_1d(x: torch.Tensor, dim: int) -> torch.Tensor:
     """×2 linear up-sampling along ``dim`` (align_corners=False, edge-clamped), via slicing only."""
     n = x.shape[dim]
     prev = torch.cat((x.narrow(dim, 0, 1), x.narrow(dim, 0, n - 1)), dim=dim)   # x[i-1], clamped
@@ -78,10 +81,10 @@ def _upsample2_1d(x: torch.Tensor, dim: int) -> torch.Tensor:
 def bilinear_upsample2(x: torch.Tensor) -> torch.Tensor:
     """``[B,C,H,W] → [B,C,2H,2W]``; equals ``F.interpolate(x, scale_factor=2, mode="bilinear")``
     (align_corners=False) but has a deterministic backward on CUDA."""
-    return _upsample2_1d(_upsample2_1d(x, 2), 3)
+    return upsample2_1d(upsample2_1d(x, 2), 3)
 
 
-def _reflect_pad_br(x: torch.Tensor, ph: int, pw: int) -> torch.Tensor:
+def reflect_pad_bottom_right(x: torch.Tensor, ph: int, pw: int) -> torch.Tensor:
     """Reflect-pad bottom by ``ph`` rows and right by ``pw`` columns (zero-pad if too small)."""
     if ph:
         H = x.shape[2]
@@ -146,7 +149,7 @@ class DIPUNet(nn.Module):
         H, W = x.shape[-2:]
         m = 2 ** self.levels
         ph, pw = (-H) % m, (-W) % m
-        x = _reflect_pad_br(x, ph, pw)
+        x = reflect_pad_bottom_right(x, ph, pw)
         skips = [self.inc(x)]
         for down in self.downs:
             skips.append(down(F.max_pool2d(skips[-1], 2)))
@@ -188,85 +191,3 @@ def build_dip_net(cfg: Any, is_complex: bool, seed: int, in_channels: Optional[i
     if device is not None:
         net = net.to(device)
     return net
-
-
-# ------------------------------------------------------------------ B networks as one grouped net
-def _grouped_upsample2(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    if not channels_last:
-        return bilinear_upsample2(x)
-    h = x.permute(0, 2, 3, 1)                     # [1,H,W,C] (contiguous for a channels-last x)
-    h = _upsample2_1d(_upsample2_1d(h, 1), 2)     # the same arithmetic, along H then W
-    return h.permute(0, 3, 1, 2)                  # [1,C,2H,2W], channels-last strides
-
-
-def _grouped_cat(skip: torch.Tensor, deep: torch.Tensor, B: int, channels_last: bool) -> torch.Tensor:
-    """Per-network channel concatenation of ``[1, B*Cs, H, W]`` and ``[1, B*Cd, H, W]`` →
-    ``[1, B*(Cs+Cd), H, W]`` (network ``b``'s channels stay together: ``[skip_b, deep_b]``)."""
-    _, cs, H, W = skip.shape
-    cd = deep.shape[1]
-    if channels_last:
-        out = torch.cat((skip.permute(0, 2, 3, 1).reshape(1, H, W, B, cs // B),
-                         deep.permute(0, 2, 3, 1).reshape(1, H, W, B, cd // B)), dim=4)
-        return out.reshape(1, H, W, cs + cd).permute(0, 3, 1, 2)
-    out = torch.cat((skip.reshape(1, B, cs // B, H, W), deep.reshape(1, B, cd // B, H, W)), dim=2)
-    return out.reshape(1, cs + cd, H, W)
-
-
-def grouped_forward(template: DIPUNet, params: Mapping[str, torch.Tensor], x: torch.Tensor,
-                    channels_last: bool = False) -> torch.Tensor:
-    """``B`` independent :class:`DIPUNet` s with stacked parameters (``name → [B, ...]``, the names
-    of ``template.named_parameters()``) on ``x [B, C_in, H, W]`` (one image per network) →
-    ``[B, C_out, H, W]``, evaluated as ONE network with ``B·C`` channels: every convolution is a
-    grouped convolution (``groups=B``; the stacked weights ``[B, C_o, C_i, k, k]`` are viewed as
-    ``[B·C_o, C_i, k, k]``), and normalisation, ReLU, pooling and up-sampling act per channel, so
-    network ``b`` sees only its own channels.  BatchNorm uses the batch statistics of the one image
-    (training mode without running statistics, as the DIP solvers run it), which per channel of the
-    ``[1, B·C, H, W]`` tensor are exactly network ``b``'s statistics.  Same arithmetic as ``vmap``
-    over ``functional_call`` (which also lowers to grouped convolutions), with fewer reshapes;
-    ``channels_last`` keeps every activation in NHWC (cuDNN's native layout for bf16 convolutions).
-    """
-    B, cin, H, W = x.shape
-    t = template
-
-    def conv(name: str, h: torch.Tensor, padding: int) -> torch.Tensor:
-        w = params[name + ".weight"]
-        b = params.get(name + ".bias")
-        return F.conv2d(h, w.reshape(-1, *w.shape[2:]), None if b is None else b.reshape(-1),
-                        padding=padding, groups=B)
-
-    def norm(name: str, mod: nn.Module, h: torch.Tensor) -> torch.Tensor:
-        if isinstance(mod, nn.Identity):
-            return h
-        w, b = params[name + ".weight"].reshape(-1), params[name + ".bias"].reshape(-1)
-        if isinstance(mod, nn.BatchNorm2d):
-            return F.batch_norm(h, None, None, w, b, training=True, eps=mod.eps)
-        if isinstance(mod, nn.InstanceNorm2d):
-            return F.instance_norm(h, None, None, w, b, use_input_stats=True, eps=mod.eps)
-        if isinstance(mod, nn.GroupNorm):
-            return F.group_norm(h, mod.num_groups * B, w, b, eps=mod.eps)
-        raise TypeError(f"grouped_forward: unsupported norm layer {type(mod).__name__}")
-
-    def double(name: str, mod: DoubleConv, h: torch.Tensor) -> torch.Tensor:
-        for i in (0, 3):
-            h = conv(f"{name}.block.{i}", h, 1)
-            h = F.relu(norm(f"{name}.block.{i + 1}", mod.block[i + 1], h))
-        return h
-
-    h = x.reshape(1, B * cin, H, W)
-    if channels_last:
-        h = h.contiguous(memory_format=torch.channels_last)
-    m = 2 ** t.levels
-    h = _reflect_pad_br(h, (-H) % m, (-W) % m)
-    skips = [double("inc", t.inc, h)]
-    for i, down in enumerate(t.downs):
-        skips.append(double(f"downs.{i}", down, F.max_pool2d(skips[-1], 2)))
-    h = skips.pop()
-    for i, up in enumerate(t.ups):
-        if up.bilinear:
-            h = _grouped_upsample2(h, channels_last)
-        else:
-            w, b = params[f"ups.{i}.up.weight"], params[f"ups.{i}.up.bias"]
-            h = F.conv_transpose2d(h, w.reshape(-1, *w.shape[2:]), b.reshape(-1), stride=2, groups=B)
-        h = double(f"ups.{i}.conv", up.conv, _grouped_cat(skips.pop(), h, B, channels_last))
-    out = conv("outc", h, 0)[:, :, :H, :W]
-    return out.reshape(B, -1, H, W)

@@ -1,6 +1,6 @@
-"""Reconstruction methods, all with ``solver(y, physics, x_gt=None, callback=None) -> Result``.
+"""Reconstruction methods, all with ``solver(y [B,...], physics, x_gt=None, callback=None) -> Result``.
 
-``make_solver(name, cfg, denoiser, seed, device)`` builds one by registry name.
+``make_solver(name, cfg, denoiser, seed, device, seeds, perf)`` builds one by registry name.
 """
 from __future__ import annotations
 
@@ -41,10 +41,18 @@ def default_config(name: str):
     return importlib.import_module(mod).default_config()
 
 
-def make_solver(name: str, cfg=None, denoiser=None, seed: int = 0, device=None, seeds=None):
-    """Instantiate solver ``name`` with config ``cfg`` (fields override its ``default_config()``);
-    ``seeds`` (one per slice) is passed to the solvers that take it (the DM baselines)."""
+def takes_perf(name: str) -> bool:
+    """Whether solver ``name`` takes the speed settings ``perf`` (``solvers/perf.py``): the DIP solvers."""
+    return bool(getattr(solver_class(name), "takes_perf", False))
+
+
+def make_solver(name: str, cfg=None, denoiser=None, seed: int = 0, device=None, seeds=None, perf=None):
+    """Instantiate solver ``name`` with config ``cfg`` (fields override its ``default_config()``).
+
+    ``seeds``: one seed per slice of the ``y`` it will be called with (``None``: every slice uses
+    ``seed``).  ``perf``: speed settings of the DIP solvers (``solvers.perf.default_config()``
+    fields); solvers without such settings (:func:`takes_perf`) ignore it."""
     if needs_prior(name) and denoiser is None:
         raise ValueError(f"solver {name!r} needs a diffusion prior (denoiser)")
-    kw = {} if seeds is None else {"seeds": seeds}
-    return solver_class(name)(cfg, denoiser=denoiser, seed=seed, device=device, **kw)
+    kw = {"perf": perf} if takes_perf(name) else {}
+    return solver_class(name)(cfg, denoiser=denoiser, seed=seed, device=device, seeds=seeds, **kw)

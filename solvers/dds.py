@@ -59,7 +59,6 @@ from typing import Optional
 import ml_collections
 import torch
 
-from physics.ct import ParallelBeamCT
 from solvers.cg import conjugate_gradient
 from solvers.dm_common import DMSolver, relative_residual
 from solvers.sampling import sample_dds
@@ -105,7 +104,7 @@ def gamma_weight(physics, gamma_scale: str = "dds") -> float:
     """``w`` in γ′ = γ·w: ``π/(2V)`` for a :class:`ParallelBeamCT` on DDS's scale, else 1."""
     if gamma_scale not in ("dds", "adjoint"):
         raise ValueError(f"gamma_scale must be 'dds' or 'adjoint', got {gamma_scale!r}")
-    if gamma_scale == "dds" and isinstance(physics, ParallelBeamCT):
+    if gamma_scale == "dds" and physics.modality == "CT":
         return float(physics.dds_scale)
     return 1.0
 

@@ -13,47 +13,37 @@ Algorithm (``K`` outer iterations, ``N`` Adam steps each; ``f_θ`` = ``models/di
 
 ``DP(x, t) = denoiser.purify(x, t, num_steps=reverse_steps, eta=eta, noise=g)``: forward-noise
 ``x`` to diffusion step ``t`` then denoise back to 0 (Tweedie for one step, DDIM otherwise;
-``models/denoiser.py``).  ``t_k`` decreases over the purification iterations from ``t_start`` to
-``t_end`` (``t_schedule`` = linear / cosine / geometric, see :func:`purification_timesteps`).
+``models/denoiser.py``), ``g`` the per-slice noise streams.  ``t_k`` decreases over the
+purification iterations from ``t_start`` to ``t_end`` (``t_schedule`` = linear / cosine /
+geometric, see :func:`purification_timesteps`).
 
-aSeqDIP (``solvers/seqdip.py``) is this class with step (2) always the plain update; the loop is
-written once, in :meth:`UDiGDIP.__call__` below.
+uDiG-DIP is aSeqDIP (``solvers/seqdip.py``) with step (2) replaced by the purification inside its
+window; the loop is ``solvers/dip_loop.py``.
 
-Determinism: the network initialisation comes from ``build_dip_net(seed)``, the purification noise
-from a ``torch.Generator`` seeded with ``seed + 1``; ``x_gt`` only reaches ``callback``.  The same
-seed therefore reproduces the result bit-for-bit (on GPU with ``deterministic=True``, which sets
-``cudnn.deterministic`` during the call), with or without ``x_gt``.
+Determinism: slice ``b``'s network initialisation comes from ``build_dip_net(seeds[b])``, its
+purification noise from a generator seeded ``seeds[b] + 1``; ``x_gt`` only reaches ``callback``.
+The same seed therefore reproduces the result bit-for-bit (on GPU with ``deterministic=True``, which
+sets ``cudnn.deterministic`` during the call), with or without ``x_gt``.
 """
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Callable
 
 import torch
 
-from models.dip_unet import build_dip_net
-from solvers.base import Callback, Result, notify
-from solvers.common import (DIPSolverBase, deterministic_mode, dip_common_defaults, fit_dip, initial_input,
-                            make_generator, make_optimizer, net_output, progress_bar)
+from solvers.dip_loop import DIPProblem
+from solvers.seqdip import SeqDIP, default_config as seqdip_default_config
 
 T_SCHEDULES = ("linear", "cosine", "geometric")
-OUTPUTS = ("f_of_z", "last_fit")
 
 
 def default_config():
-    """uDiG-DIP defaults (``ml_collections.ConfigDict``); each field says where its value is from.
-
-    The paper's exact numbers could not be checked here: values marked "our choice" are ours.
-    """
-    import ml_collections
-
-    cfg = dip_common_defaults()
-    cfg.update(
-        num_outer=500,        # K, outer iterations (input updates). Our choice.
-        inner_steps=4,        # N, Adam steps on θ per outer iteration (warm-started). Our choice.
-        lam=1.0,              # λ, weight of the autoencoding term ‖f_θ(z) − z‖² (with reduction="mean"). Our choice.
-        z0="input_image",     # z₀: "input_image" (Aᴴy MRI / FBP CT) | "adjoint" | "fbp" | "zeros". Paper (z₀ from the measurements); exact variant our choice.
-        output="f_of_z",      # "f_of_z": return f_θ(z_K); "last_fit": f_θ(z_{K-1}) from step (1). Our choice (brief).
+    """uDiG-DIP defaults (``ml_collections.ConfigDict``): aSeqDIP's fields plus purification;
+    each field says where its value is from.  The paper's exact numbers could not be checked here:
+    values marked "our choice" are ours."""
+    cfg = seqdip_default_config()
+    cfg.update(dict(
         t_schedule="linear",  # t_k decay: "linear" | "cosine" | "geometric". Our choice.
         t_start=200,          # t_k at the first purification (raw step of a T=1000 schedule). Our choice.
         t_end=10,             # t_k at the last purification. Our choice.
@@ -62,8 +52,8 @@ def default_config():
         purify_start=0,       # first outer iteration (0-based) with purification. Our choice.
         purify_stop=400,      # purification for k in [purify_start, purify_stop); None → K. Our choice.
         purify_normalize=False,  # divide by max|x| per image before DP and rescale after. Our choice.
-    )
-    return ml_collections.ConfigDict(cfg)
+    ))
+    return cfg
 
 
 def purification_timesteps(kind: str, t_start: int, t_end: int, n: int) -> list[int]:
@@ -98,7 +88,7 @@ def purification_timesteps(kind: str, t_start: int, t_end: int, n: int) -> list[
     return out
 
 
-def scaled_purify(purify_fn, x: torch.Tensor, normalize: bool) -> torch.Tensor:
+def scaled_purify(purify_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, normalize: bool) -> torch.Tensor:
     """``purify_fn(x)`` without gradients; with ``normalize`` each image is divided by its max |x|
     before and multiplied back after (config ``purify_normalize``)."""
     with torch.no_grad():
@@ -108,24 +98,19 @@ def scaled_purify(purify_fn, x: torch.Tensor, normalize: bool) -> torch.Tensor:
         return (purify_fn(x / scale) * scale).detach()
 
 
-class UDiGDIP(DIPSolverBase):
+class UDiGDIP(SeqDIP):
     """uDiG-DIP solver: ``UDiGDIP(cfg, denoiser, seed)(y, physics, x_gt=None, callback=None)``.
 
-    ``denoiser`` must provide ``purify(x [B,H,W], t, num_steps=, eta=, generator=) -> [B,H,W]``
+    ``denoiser`` must provide ``purify(x [B,H,W], t, num_steps=, eta=, noise=) -> [B,H,W]``
     (``models/denoiser.Denoiser``) on the same device as the data.
     """
 
     name = "udig_dip"
     default_config = staticmethod(default_config)
 
-
-    # ------------------------------------------------------------------ purification (step 2)
     def _validate(self) -> None:
+        super()._validate()
         c = self.cfg
-        if c.output not in OUTPUTS:
-            raise ValueError(f"unknown output {c.output!r}; choose one of {OUTPUTS}")
-        if int(c.num_outer) < 1 or int(c.inner_steps) < 1:
-            raise ValueError("num_outer and inner_steps must be >= 1")
         stop = c.num_outer if c.purify_stop is None else c.purify_stop
         if not 0 <= int(c.purify_start) <= int(stop) <= int(c.num_outer):
             raise ValueError(f"need 0 <= purify_start <= purify_stop <= num_outer, got "
@@ -137,52 +122,20 @@ class UDiGDIP(DIPSolverBase):
 
     def purifies(self, k: int) -> bool:
         """Whether outer iteration ``k`` (0-based) uses diffusion purification."""
-        return bool(self.t_schedule) and 0 <= k - int(self.cfg.purify_start) < len(self.t_schedule)
+        return 0 <= k - int(self.cfg.purify_start) < len(self.t_schedule)
 
-    def next_t(self, k: int, history: dict) -> int:
-        """t_k of outer iteration ``k`` (inside the purification window); recorded in ``history``."""
-        t_k = self.t_schedule[k - int(self.cfg.purify_start)]
+    def update_input(self, p: DIPProblem, k: int, x: torch.Tensor, z: torch.Tensor, history: dict) -> torch.Tensor:
+        """(2) ``z ← DP(f_θ(z), t_k)`` inside the purification window (``t_k`` recorded in
+        ``history``), else aSeqDIP's ``z ← f_θ(z)``."""
+        if not self.purifies(k):
+            return super().update_input(p, k, x, z, history)
+        c = self.cfg
+        t_k = self.t_schedule[k - int(c.purify_start)]
         history.setdefault("t", []).append(t_k)
         history.setdefault("purify_outer", []).append(k)
-        return t_k
-
-    def purify(self, x: torch.Tensor, k: int, generator: torch.Generator, history: dict) -> torch.Tensor:
-        """``DP(x, t_k)``: the diffusion purification of step (2); records ``t_k`` in ``history``."""
-        c = self.cfg
-        t_k = self.next_t(k, history)
         return scaled_purify(lambda v: self.denoiser.purify(v, t_k, num_steps=int(c.reverse_steps),
-                                                            eta=float(c.eta), noise=generator),
+                                                            eta=float(c.eta), noise=p.noise),
                              x, bool(c.purify_normalize))
 
-    # ------------------------------------------------------------------------------ the solver
-    def __call__(self, y: torch.Tensor, physics: torch.nn.Module, x_gt: Optional[torch.Tensor] = None,
-                 callback: Optional[Callback] = None) -> Result:
-        device, y, is_complex = self._prepare(y, physics)
-        c = self.cfg
-        K, N = int(c.num_outer), int(c.inner_steps)
-        history: dict = {}
-        with deterministic_mode(c.deterministic), progress_bar(K * N, self.name, c.disable_progress) as pbar:
-            z = initial_input(y, physics, c.z0)                                  # z₀
-            net = build_dip_net(c.net, is_complex, self.seed, device=device)
-            optimizer = make_optimizer(net, c)                                   # warm-started over k
-            gen = make_generator(self.seed + 1, device)
-            for k in range(K):
-                # (1) θ ← N Adam steps on ‖A f_θ(z) − y‖² + λ‖f_θ(z) − z‖², z frozen
-                x = fit_dip(net, z, y, physics, N, optimizer, lam=float(c.lam), is_complex=is_complex,
-                            reduction=c.reduction, log_every=c.log_every, history=history,
-                            step_offset=k * N, pbar=pbar, max_nan_events=int(c.max_nan_events),
-                            log_last=k == K - 1,
-                            callback=self._log_fn(callback, x_gt, k))
-                # (2) input update: z ← DP(f_θ(z), t_k) while purifying, else z ← f_θ(z)
-                z = self.purify(x, k, gen, history) if self.purifies(k) else x
-            if c.output == "f_of_z":
-                with torch.no_grad():
-                    x = net_output(net, z, is_complex).detach()
-        info = {"t_schedule": list(self.t_schedule), "seed": self.seed, "config": c.to_dict(),
-                "num_params": sum(p.numel() for p in net.parameters())}
-        return Result(x_hat=x, history=history, info=info)
-
-    def _log_fn(self, callback: Optional[Callback], x_gt: Optional[torch.Tensor], k: int):
-        if callback is None:
-            return None
-        return lambda step, x, info: notify(callback, step, x.clone(), {**info, "outer": k, "phase": "fit"}, x_gt)
+    def extra_info(self) -> dict:
+        return {"t_schedule": list(self.t_schedule)}

@@ -10,20 +10,22 @@ from pathlib import Path
 import torch
 
 from models.diffusion import DiffusionSchedule
+from physics.base import LinearOperator
 
 def _Schedule():
     return DiffusionSchedule(1e-4, 0.02, 1000)  # the DDS schedule
 
 
-class MaskedFFT(torch.nn.Module):
+class MaskedFFT(LinearOperator):
     """Single-coil Cartesian MRI: A x = M ⊙ F x (orthonormal FFT), y: [B,1,H,W]."""
 
-    is_complex = True
+    modality, is_complex = "MRI", True
 
     def __init__(self, mask):
         super().__init__()
         self.mask = mask
         self.image_shape = tuple(mask.shape)
+        self.measurement_shape = (1, *self.image_shape)
 
     def forward(self, x):
         return (self.mask * torch.fft.fft2(x, norm="ortho"))[:, None]
@@ -38,15 +40,17 @@ class MaskedFFT(torch.nn.Module):
         return self.adjoint(y)
 
 
-class MatrixOp(torch.nn.Module):
+class MatrixOp(LinearOperator):
     """Real operator A ∈ R^{M×HW} (CT stand-in): [B,H,W] → [B,M]."""
 
-    is_complex = False
+    modality, is_complex = "CT", False
+    dds_scale = 1.0      # DDS's back-projection equals this operator's adjoint (γ on either scale)
 
     def __init__(self, A, shape):
         super().__init__()
         self.A = A
         self.image_shape = shape
+        self.measurement_shape = (A.shape[0],)
 
     def forward(self, x):
         return x.reshape(x.shape[0], -1) @ self.A.T

@@ -1,4 +1,4 @@
-"""Tests for the DIP-type solvers (models/dip_unet.py, solvers/{common,dip,seqdip,udig_dip,sgdip}.py).
+"""Tests for the DIP-type solvers (models/dip_unet.py, solvers/{common,dip_loop,dip,seqdip,udig_dip,sgdip}.py).
 
 Tiny problems (≤ 32×32, small nets, few steps) on the real operators (physics/mri.py,
 physics/ct.py) and the real ``models.denoiser.Denoiser`` driven by an oracle ε-network.
@@ -16,13 +16,15 @@ from models.diffusion import DiffusionSchedule
 from models.denoiser import Denoiser
 from models.dip_unet import DIPUNet, bilinear_upsample2, build_dip_net
 from physics.mri import MultiCoilMRI
-from solvers.common import dip_loss, fit_dip, make_optimizer, net_output, resolve_config
+from solvers.common import net_output, resolve_config
+from solvers.dip_loop import dip_loss
 from solvers.dip import VanillaDIP
 from solvers.seqdip import SeqDIP
 from solvers.sgdip import SelfGuidedDIP
 from solvers.udig_dip import UDiGDIP, purification_timesteps, default_config as udig_defaults
 from utils.complex import to_channels
 from utils.rng import NoiseStreams
+from physics.base import LinearOperator
 
 SMALL_NET = {"channels": (8, 16, 16)}
 H = W = 24
@@ -32,14 +34,15 @@ H = W = 24
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-class MaskedFFT(nn.Module):
+class MaskedFFT(LinearOperator):
     """Minimal single-coil stand-in (A = M·fft2c) that, unlike physics.mri, accepts NaN input."""
 
-    is_complex = True
+    modality, is_complex = "MRI", True
 
     def __init__(self, mask):
         super().__init__()
         self.mask, self.image_shape = mask, tuple(mask.shape)
+        self.measurement_shape = (1, *self.image_shape)
 
     def forward(self, x):
         return (self.mask * torch.fft.fftshift(torch.fft.fft2(torch.fft.ifftshift(x, dim=(-2, -1)),
@@ -176,31 +179,36 @@ def test_build_dip_net_deterministic_and_leaves_global_rng():
     assert any(not torch.equal(a[k], c[k]) for k in a if a[k].is_floating_point() and a[k].numel() > 1)
 
 
-# ------------------------------------------------------------------------------------- fit_dip
-def test_fit_dip_decreases_loss():
+# --------------------------------------------------------------------------- the inner loop
+def _fit(A, y, steps, lam=0.5, lr=3e-3, log_every=5, **over):
+    """One outer iteration of ``steps`` optimiser steps with z = z₀ frozen (aSeqDIP, K = 1)."""
+    return SeqDIP(_cfg("seq", num_outer=1, inner_steps=steps, lam=lam, lr=lr, log_every=log_every, **over),
+                  seed=0)(y, A)
+
+
+def test_fit_decreases_loss():
     A, x, y = _mri_problem()
     z = A.input_image(y)
-    net = build_dip_net(SMALL_NET, True, seed=0)
-    opt = make_optimizer(net, {"lr": 3e-3})
-    hist = {}
-    out = fit_dip(net, z, y, A, 40, opt, lam=0.5, is_complex=True, log_every=5, history=hist)
+    r = _fit(A, y, 40)
+    hist = r.history
     assert hist["step"] == list(range(5, 41, 5))
     assert hist["loss"][-1] < 0.3 * hist["loss"][0]
     assert "nan_events" not in hist
-    final, data, reg = dip_loss(out, y, A, 0.5, z)
+    final, data, reg = dip_loss(r.x_hat, y, A, 0.5, z)
     assert math.isclose(float(final), float(data) + 0.5 * float(reg), rel_tol=1e-6)
     # "sum" reduction is the plain squared norm
-    _, d_sum, _ = dip_loss(out, y, A, 0.0, None, reduction="sum")
-    assert math.isclose(float(d_sum), float((A(out) - y).abs().pow(2).sum()), rel_tol=1e-5)
+    _, d_sum, _ = dip_loss(r.x_hat, y, A, 0.0, None, reduction="sum")
+    assert math.isclose(float(d_sum), float((A(r.x_hat) - y).abs().pow(2).sum()), rel_tol=1e-5)
 
 
-class NaNOnceMRI(nn.Module):
+class NaNOnceMRI(LinearOperator):
     """Wraps an operator; forward returns NaN on the listed call numbers (1-based)."""
 
     def __init__(self, A, bad_calls):
         super().__init__()
         self.A, self.bad, self.n = A, set(bad_calls), 0
         self.is_complex, self.image_shape = A.is_complex, A.image_shape
+        self.modality, self.measurement_shape = A.modality, A.measurement_shape
 
     def forward(self, x):
         self.n += 1
@@ -215,48 +223,44 @@ class NaNOnceMRI(nn.Module):
 
 
 @pytest.mark.parametrize("op, detected_at", [("real", 10), ("permissive", 10)])
-def test_fit_dip_nan_guard_rolls_back_and_halves_lr(op, detected_at):
+def test_nan_guard_rolls_back_and_halves_lr(op, detected_at):
     A, x, y = _mri_problem()
     if op == "permissive":
         A = MaskedFFT(A.mask)
         torch.testing.assert_close(A(x), MultiCoilMRI(A.mask)(x))
-    z = A.input_image(y)
-    # forward call 7 (step 7) returns NaN: NaN gradients poison θ.  fit_dip switches the real
-    # operator's own NaN check off in its loop (physics.finite_checks; a host sync per call on
-    # GPU), so with both operators the NaN is caught at the next check step (10).
+    # forward call 7 (step 7) returns NaN: NaN gradients poison θ.  The loop switches the real
+    # operator's own NaN check off (physics.finite_checks; a host sync per call on GPU), so with
+    # both operators the NaN is caught at the next check step (10).
     bad = NaNOnceMRI(A, bad_calls=[7])
-    net = build_dip_net(SMALL_NET, True, seed=0)
-    opt = make_optimizer(net, {"lr": 3e-3})
-    hist = {}
-    out = fit_dip(net, z, y, bad, 30, opt, lam=0.5, is_complex=True, log_every=5, history=hist)
+    r = _fit(bad, y, 30)
+    hist = r.history
     assert hist["nan_events"] == [{"step": detected_at, "lr": 1.5e-3}]
-    assert opt.param_groups[0]["lr"] == 1.5e-3
-    assert torch.isfinite(torch.view_as_real(out)).all()
+    assert hist["lr"][-1] == 1.5e-3
+    assert torch.isfinite(torch.view_as_real(r.x_hat)).all()
     assert all(math.isfinite(v) for v in hist["loss"])
     assert detected_at not in hist["step"] and hist["loss"][-1] < hist["loss"][0]
 
 
-def test_fit_dip_inner_loop_has_no_host_sync(monkeypatch):
-    """Between check steps fit_dip reads nothing back from the device: count the tensor→host
-    conversions (bool / item / tolist; Adam's host-side step counters excepted) of 20 steps with
-    no check step; only the final output's finiteness check may sync.  The operator's own per-call NaN check would add one per step."""
+def test_inner_loop_has_no_host_sync(monkeypatch):
+    """Between check steps the loop reads nothing back from the device: count the tensor→host
+    conversions (bool / item / tolist) of whole solves with one check step (the last): they do not
+    grow with the number of steps (only ``y``'s NaN check, the last step's losses and the finiteness
+    check of the fitted output sync).  The operator's own per-call NaN check would add one per step."""
     A, x, y = _mri_problem()
-    z = A.input_image(y)
-    net = build_dip_net(SMALL_NET, True, seed=0)
-    opt = make_optimizer(net, {"lr": 1e-3})
-    calls = {"n": 0}
-    for name in ("__bool__", "item", "tolist"):
-        orig = getattr(torch.Tensor, name)
+    counts = []
+    for steps in (10, 30):
+        calls = {"n": 0}
+        for name in ("__bool__", "item", "tolist"):
+            orig = getattr(torch.Tensor, name)
 
-        def counted(self, *a, _orig=orig, **k):
-            # torch's Adam keeps its step counters on the host (no device sync): not counted
-            if not any(self is st.get("step") for st in opt.state.values()):
+            def counted(self, *a, _orig=orig, **k):
                 calls["n"] += 1
-            return _orig(self, *a, **k)
-        monkeypatch.setattr(torch.Tensor, name, counted)
-    fit_dip(net, z, y, A, 20, opt, lam=0.5, is_complex=True, log_every=1000, log_last=False)
-    monkeypatch.undo()
-    assert calls["n"] <= 2, calls
+                return _orig(self, *a, **k)
+            monkeypatch.setattr(torch.Tensor, name, counted)
+        _fit(A, y, steps, log_every=1000)
+        monkeypatch.undo()
+        counts.append(calls["n"])
+    assert counts[0] == counts[1] <= 3, counts
     assert A.check_finite            # restored after the loop
     with pytest.raises(ValueError, match="NaN"):
         A(x * float("nan"))
@@ -277,13 +281,11 @@ def test_finite_checks_context_restores():
     assert ct.check_finite
 
 
-def test_fit_dip_nan_guard_gives_up():
+def test_nan_guard_gives_up():
     A, x, y = _mri_problem()
     bad = NaNOnceMRI(A, bad_calls=["all"])
-    net = build_dip_net(SMALL_NET, True, seed=0)
     with pytest.raises(RuntimeError, match="diverged"):
-        fit_dip(net, A.input_image(y), y, bad, 50, make_optimizer(net, {}), is_complex=True,
-                log_every=1, max_nan_events=3)
+        _fit(bad, y, 50, lr=1e-4, log_every=1, max_nan_events=3)
 
 
 # ----------------------------------------------------------------------------- solver contract

@@ -166,7 +166,7 @@ def test_bad_batch_size_clear_error(bad_batch_runs, case):
 _ROUTING_SCRIPT = r"""
 import ml_collections
 import run_lib as M
-from solvers.batched import parse_graph_mode
+from solvers.perf import parse_graph_mode
 
 calls = []
 M.prepare_slice = lambda cfg, deg, s, dev, seed: ("job", s, seed)
@@ -184,7 +184,7 @@ for graphs in (True, False):
     M.graph_path = lambda cfg, name, dev, g=graphs: g and name in M.PERF_SOLVERS
     M.run_chunk(cfg, "MRI-multi", [(0, type("S", (), {"name": "a"})())], ["udigdip", "dds", "sgdip"],
                 None, "cpu", RD())
-    want = [("batch" if graphs else "one", "udigdip", 1), ("one", "dds", 1), ("one", "sgdip", 1)]
+    want = [("batch" if graphs else "one", "udigdip", 1), ("one", "dds", 1), ("batch" if graphs else "one", "sgdip", 1)]
     assert calls == want, (graphs, calls)
 assert [parse_graph_mode(v) for v in (True, "ON", "false", "auto", 0)] == ["on", "on", "off", "auto", "off"]
 try:
@@ -197,7 +197,7 @@ print("ROUTING OK")
 
 
 def test_cuda_graph_routing_sends_single_slices_to_the_batched_solver():
-    """Where CUDA graphs apply (``run_lib.graph_path``; "auto" = CUDA only), udigdip/aseqdip/dip go
+    """Where CUDA graphs apply (``run_lib.graph_path``; "auto" = CUDA only), the DIP solvers go
     through the batched solver even for a chunk of one slice; other solvers, and every solver
     without graphs, one at a time.  (A subprocess, so no module state leaks into other tests.)"""
     out = subprocess.run([PY, "-c", _ROUTING_SCRIPT], cwd=ROOT, env=run_env(), capture_output=True, text=True,

@@ -19,23 +19,26 @@ from tests.dm_standins import MaskedFFT      # single-coil masked unitary FFT: A
 from tests.gaussian_prior import (ZeroNoise, gaussian_denoiser, mean_start, posterior_mean_noiseless,
                                   tweedie_gain)
 from utils.rng import NoiseStreams
+from physics.base import LinearOperator
 
 H = W = 16
 S = 0.5  # prior standard deviation
 
 
 # ----------------------------------------------------------------------------- operators
-class OrthoRows(torch.nn.Module):
+class OrthoRows(LinearOperator):
     """Real stand-in for CT: the first ``m`` rows of a random orthogonal matrix (``A Aᵀ = I``)."""
 
-    is_complex = False
+    modality, is_complex = "CT", False
     image_shape = (H, W)
+    dds_scale = 1.0      # DDS's back-projection equals this operator's adjoint (γ on either scale)
 
     def __init__(self, m, seed=0):
         super().__init__()
         q, _ = torch.linalg.qr(torch.randn(H * W, H * W, generator=torch.Generator().manual_seed(seed),
                                            dtype=torch.float64))
         self.A = q[:m]
+        self.measurement_shape = (m,)
 
     def forward(self, x):
         return x.reshape(x.shape[0], -1) @ self.A.T
