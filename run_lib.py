@@ -164,7 +164,7 @@ def load_samples(cfg, modality: str):
 
 
 def load_denoiser(cfg, modality: str, device: torch.device, single_modality: bool):
-    """The frozen diffusion prior of this modality (``models.denoiser.load_prior``)."""
+    """The frozen diffusion prior of this modality (``models.priors.load_prior``)."""
     from models.checkpoint import CheckpointMismatchError, CorruptCheckpointError
     from models.priors import load_prior
 

@@ -91,6 +91,20 @@ def notify_slices(callback, cbs: Optional[list], k: int, x: torch.Tensor, info: 
         notify(cb, k, x[b:b + 1].clone(), per_info(b), None if x_gt is None else x_gt[b:b + 1])
 
 
+def image_support(physics, device) -> torch.Tensor:
+    """The operator's image support ``[B|1,H,W]`` (real 0/1, ``physics.image_support()``) on
+    ``device``.  With real coil maps (ESPIRiT, zero outside the object) the operator cannot see the
+    pixels outside it: every solver returns its image restricted to the support, and the DIP solvers
+    fit inside it.  (Where the support is every pixel, multiplying by it is exact, so no host-side
+    check is made.)"""
+    return physics.image_support().to(device)
+
+
+def restrict_to_support(x: torch.Tensor, support: Optional[torch.Tensor]) -> torch.Tensor:
+    """``x`` ``[B,H,W]`` set to 0 outside ``support`` (0/1; ``None``: unchanged)."""
+    return x if support is None else x * support.to(device=x.device, dtype=x.real.dtype)
+
+
 def split_result(result: Result) -> list[Result]:
     """Per-slice :class:`Result` s (``x_hat [1,H,W]``, one-slice-style ``history``/``info``) of a
     solve over a batch of slices (every solver records them in ``info["slices"]``)."""

@@ -51,7 +51,8 @@ import torch.nn as nn
 
 from physics import finite_checks
 from solvers import perf as perf_policy
-from solvers.base import Callback, Result, check_measurements, check_seeds, notify, per_slice_callbacks, slice_results
+from solvers.base import (Callback, Result, check_measurements, check_seeds, image_support, notify, per_slice_callbacks,
+                          restrict_to_support, slice_results)
 from solvers.common import deterministic_mode, finite_per_slice, progress_bar, resolve_config
 from solvers.engines import StepEngine, StepResult, make_engine
 from utils.complex import from_channels, to_channels
@@ -93,6 +94,11 @@ class DIPProblem:
     is_complex: bool           # complex (MRI) images
     dtype: torch.dtype         # the networks' real dtype (float64 for float64 / complex128 data)
     noise: NoiseStreams        # per-slice generators seeded seeds[b] + 1
+    support: Optional[torch.Tensor] = None   # the operator's image support (None: every pixel)
+
+    def restrict(self, x: torch.Tensor) -> torch.Tensor:
+        """An image ``[B,H,W]`` set to 0 outside the operator's image support."""
+        return restrict_to_support(x, self.support)
 
     @property
     def batch(self) -> int:
@@ -183,7 +189,7 @@ class DIPSolver:
         seeds = self.seeds or [self.seed] * B
         dtype = torch.float64 if y.dtype in (torch.complex128, torch.float64) else torch.float32
         p = DIPProblem(y, physics, bool(physics.is_complex), dtype,
-                       NoiseStreams.per_slice([s + 1 for s in seeds], device))
+                       NoiseStreams.per_slice([s + 1 for s in seeds], device), image_support(physics, device))
         plan = perf_policy.plan(self.perf, device, B)
         K, N = self.iterations()
         if K < 1 or N < 1:
@@ -198,7 +204,7 @@ class DIPSolver:
                 z.requires_grad_(True)
             engine = make_engine(
                 plan, net_cfg=c.net, is_complex=p.is_complex, seeds=seeds, device=device, dtype=dtype,
-                estimate=lambda net, zz, *n: self.estimate(p, net, zz, *n),
+                estimate=lambda net, zz, *n: p.restrict(self.estimate(p, net, zz, *n)),   # fit inside the support
                 loss=lambda x, zz, *n: dip_loss(x, y, physics, lam, zz, c.reduction),
                 lr=c.lr, betas=c.betas, weight_decay=c.weight_decay, in_channels=self.input_channels(),
                 trainable_input=z if self.input_lr() is not None else None, input_lr=self.input_lr())
@@ -222,7 +228,7 @@ class DIPSolver:
                 # (2) input update
                 z = self.update_input(p, k, x, z, log.common)
             with torch.no_grad():
-                x = self.output(p, engine.net, z, x).detach()
+                x = p.restrict(self.output(p, engine.net, z, x)).detach()
 
         info = {"seed": self.seed, "config": c.to_dict(), "num_params": engine.num_params, **self.extra_info(),
                 "perf": plan.to_dict(), "cuda_graph": engine.graph_used, "cuda_graph_error": engine.graph_error}
@@ -235,11 +241,11 @@ class DIPSolver:
         """``x = f_θ(z)`` after the steps of an outer iteration; slices with a non-finite ``x`` are
         rolled back (NaN guard) and ``x`` recomputed."""
         with torch.no_grad():
-            x = self.estimate(p, engine.net, z, *self.step_noise(p, z)).detach()
+            x = p.restrict(self.estimate(p, engine.net, z, *self.step_noise(p, z))).detach()
             fin = finite_per_slice(x)
             if not bool(fin.all()):
                 guard.roll_back((~fin).tolist(), step, snap)
-                x = self.estimate(p, engine.net, z, *self.step_noise(p, z)).detach()
+                x = p.restrict(self.estimate(p, engine.net, z, *self.step_noise(p, z))).detach()
         return x
 
 

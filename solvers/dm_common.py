@@ -35,8 +35,8 @@ import torch
 from tqdm.auto import tqdm
 
 from models.diffusion import DiffusionSchedule
-from solvers.base import (Callback, Result, check_measurements, check_seeds, notify_slices, per_slice_callbacks,
-                          slice_results)
+from solvers.base import (Callback, Result, check_measurements, check_seeds, image_support, notify_slices,
+                          per_slice_callbacks, restrict_to_support, slice_results)
 from solvers.cg import batch_dot
 from solvers.common import resolve_config
 from solvers.sampling import dds_timesteps
@@ -209,5 +209,5 @@ class DMSolver:
                            self.log_values(problem, step))
 
         bar = tqdm(pairs, disable=not self.cfg.progress, desc=self.method, leave=False)
-        x = self.sample(problem, x, bar, noise, on_step)
+        x = restrict_to_support(self.sample(problem, x, bar, noise, on_step), image_support(physics, problem.device))
         return log.result(self.method, x.detach(), pairs, self.cfg, self.seed, self.seeds)

@@ -117,7 +117,7 @@ class UDiGDIP(SeqDIP):
                              f"{c.purify_start}, {c.purify_stop}, {c.num_outer}")
         self.t_schedule = purification_timesteps(c.t_schedule, c.t_start, c.t_end, int(stop) - int(c.purify_start))
         if self.t_schedule and self.denoiser is None:
-            raise ValueError("uDiG-DIP needs a diffusion denoiser for purification (models.denoiser.load_prior); "
+            raise ValueError("uDiG-DIP needs a diffusion denoiser for purification (models.priors.load_prior); "
                              "pass denoiser=..., or use SeqDIP for the purification-free variant")
 
     def purifies(self, k: int) -> bool:
@@ -133,9 +133,9 @@ class UDiGDIP(SeqDIP):
         t_k = self.t_schedule[k - int(c.purify_start)]
         history.setdefault("t", []).append(t_k)
         history.setdefault("purify_outer", []).append(k)
-        return scaled_purify(lambda v: self.denoiser.purify(v, t_k, num_steps=int(c.reverse_steps),
-                                                            eta=float(c.eta), noise=p.noise),
-                             x, bool(c.purify_normalize))
+        return p.restrict(scaled_purify(lambda v: self.denoiser.purify(v, t_k, num_steps=int(c.reverse_steps),
+                                                                       eta=float(c.eta), noise=p.noise),
+                                        x, bool(c.purify_normalize)))
 
     def extra_info(self) -> dict:
         return {"t_schedule": list(self.t_schedule)}
