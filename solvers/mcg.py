@@ -89,7 +89,7 @@ def default_config() -> ml_collections.ConfigDict:
     """Default MCG configuration (provenance of each value in the comments)."""
     cfg = ml_collections.ConfigDict()
     # Reverse steps (= NFEs, each with a backward pass). MCG runs every step of the 1000-step chain
-    # (run_inpainting.sh:18-19: --timestep_respacing 1000, --use_ddim False).
+    # (MCG_diffusion run_inpainting.sh:18-19: --timestep_respacing 1000, --use_ddim False).
     cfg.num_steps = 1000
     # η = 1: DDPM ancestral step (p_sample, gaussian_diffusion.py:529).
     cfg.eta = 1.0

@@ -59,9 +59,10 @@ github.com/HJ-harry/MCG_diffusion (commit d5bfd15), which carries score-SDE's VP
 
 Noisy data: with ``λ = 1`` and a single coil the DC step is a hard projection — it writes
 ``√ᾱ·y`` into the sampled k-space, **noise included** (it assumes noiseless ``y``, as the paper
-does). For noisy ``y`` use ``lam < 1``: a relaxed step, so the noise of ``y`` is averaged over the
-steps instead of copied. For multi-coil SENSE the step is a Landweber step on ``‖A x − √ᾱy‖²``
-(``‖A‖ ≤ 1`` for normalised maps, so any ``0 < λ < 2`` is stable).
+does); ``lam < 1`` relaxes it so that the noise of ``y`` is averaged over the steps instead of
+copied. For multi-coil SENSE the step is a Landweber step on ``‖A x − √ᾱy‖²`` (``‖A‖ ≤ 1`` for
+normalised maps, so any ``0 < λ < 2`` is stable), already a relaxed step rather than a projection:
+there a smaller ``λ`` mainly slows the data fit.
 
 MRI only: constructing it with a real (CT) prior raises ``ValueError`` (use ``mcg`` or ``dds``).
 Noise, batches, logging and the ``Result`` follow :mod:`solvers.dm_common`; logged:
@@ -93,7 +94,7 @@ def default_config() -> ml_collections.ConfigDict:
     # 0 = its mean). Our knob.
     cfg.eta = 1.0
     # DC weight λ in x ← x + λAᴴ(√ᾱ y − A x); 1 = the hybrid's per-coil k-space replacement
-    # (sampling.py:527-530) for maps with Σ|S_c|² = 1. Use < 1 for noisy data (module docstring).
+    # (score-MRI sampling.py:527-530) for maps with Σ|S_c|² = 1. Noisy data: module docstring.
     cfg.lam = 1.0
     # Logging (our choice): callback + history every `log_every` steps (and at the last step).
     cfg.log_every = 10

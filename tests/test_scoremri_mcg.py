@@ -30,7 +30,7 @@ from solvers.scoremri import ScoreMRI
 from solvers.scoremri import default_config as scoremri_config
 from tests.dm_standins import MaskedFFT, MatrixOp, reference_prior
 from tests.gaussian_prior import ZeroNoise, gaussian_denoiser, mean_start, posterior_mean_noiseless
-from tests.test_sampling import OrthoRows, _problem, _randn, _rel
+from tests.test_sampling import _problem, _randn, _rel
 from utils.rng import NoiseStreams
 
 H = W = 16
