@@ -52,7 +52,7 @@ class InputError(ValueError):
 
 # ------------------------------------------------------------------------------------------ solvers
 #: Solvers that reconstruct several slices in one solve (``seeds``: one per slice).
-BATCHED_SOLVERS = ("udigdip", "aseqdip", "dip", "sgdip", "dds", "dps")
+BATCHED_SOLVERS = ("udigdip", "aseqdip", "dip", "sgdip", "dds", "dps", "scoremri", "mcg")
 #: Solvers that take ``perf`` (``config.perf``, ``solvers/perf.py``: the DIP solvers).
 PERF_SOLVERS = tuple(n for n in solvers.REGISTRY if solvers.takes_perf(n))
 

@@ -14,9 +14,11 @@ REGISTRY = {
     "sgdip": ("solvers.sgdip", "SelfGuidedDIP", False),
     "dds": ("solvers.dds", "DDS", True),
     "dps": ("solvers.dps", "DPS", True),
+    "scoremri": ("solvers.scoremri", "ScoreMRI", True),
+    "mcg": ("solvers.mcg", "MCG", True),
 }
 ALIASES = {"udig-dip": "udigdip", "udig_dip": "udigdip", "seqdip": "aseqdip", "aseq-dip": "aseqdip",
-           "vanilla-dip": "dip", "self-guided-dip": "sgdip"}
+           "vanilla-dip": "dip", "self-guided-dip": "sgdip", "score-mri": "scoremri", "score_mri": "scoremri"}
 
 
 def canonical(name: str) -> str:

@@ -28,6 +28,8 @@ Logging: every ``log_every`` steps and at the last step, ``history`` gets ``step
 """
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Optional, Sequence
 
@@ -42,7 +44,7 @@ from solvers.common import resolve_config
 from solvers.sampling import dds_timesteps
 from utils.rng import NoiseStreams
 
-__all__ = ["Problem", "prepare", "slice_noise", "relative_residual", "StepLog", "DMSolver"]
+__all__ = ["Problem", "prepare", "slice_noise", "relative_residual", "check_number", "check_steps", "StepLog", "DMSolver"]
 
 
 @dataclass
@@ -93,6 +95,31 @@ def relative_residual(physics, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor
     return torch.sqrt(batch_dot(r, r) / batch_dot(y, y).clamp_min(torch.finfo(torch.float32).tiny))
 
 
+def check_number(cfg, name: str, lo: float = -math.inf, hi: float = math.inf, integer: bool = False,
+                 lo_open: bool = False, hi_open: bool = False) -> None:
+    """``cfg[name]`` must be a finite number (an ``int`` when ``integer``) in the interval ``lo..hi``
+    (``lo_open`` / ``hi_open``: bound excluded); else a one-line ``ValueError`` naming the field."""
+    v = cfg[name]
+    left, right = "(" if lo_open else "[", ")" if hi_open else "]"
+    want = f"{'an integer' if integer else 'a number'} in {left}{lo:g}, {hi:g}{right}"
+    ok = isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+    if ok and integer:
+        ok = float(v).is_integer()
+    if ok:
+        ok = (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
+    if not ok:
+        raise ValueError(f"{name} must be {want}, got {v!r}")
+
+
+def check_steps(solver: "DMSolver") -> None:
+    """The solver's number of steps (``cfg[solver.steps_field]``) fits its prior's chain (else a
+    ``ValueError`` naming the field)."""
+    try:
+        solver.timesteps()
+    except ValueError as e:
+        raise ValueError(f"{solver.steps_field}: {e}") from None
+
+
 class StepLog:
     """History and callbacks of a DM solve (see the module docstring)."""
 
@@ -126,10 +153,11 @@ class StepLog:
                       lambda b: {**base, **slices[b]}, self.x_gt)
 
     def result(self, method: str, x: torch.Tensor, pairs: list, cfg, seed: int,
-               seeds: Optional[list[int]]) -> Result:
+               seeds: Optional[list[int]], nfe: Optional[int] = None) -> Result:
         """The :class:`Result`: ``x_hat = x`` ``[B,H,W]``, the history, and ``info`` (``method``,
-        ``nfe``, ``timesteps``, ``seed``, ``config``, ``seeds`` if given, ``slices``)."""
-        info = {"method": method, "nfe": len(pairs), "seed": int(seed),
+        ``nfe`` (default: one per step), ``timesteps``, ``seed``, ``config``, ``seeds`` if given,
+        ``slices``)."""
+        info = {"method": method, "nfe": len(pairs) if nfe is None else int(nfe), "seed": int(seed),
                 "timesteps": [p[0] for p in pairs], "config": cfg.to_dict()}
         if seeds is not None:
             info["seeds"] = list(seeds)
@@ -190,6 +218,10 @@ class DMSolver:
         """The ``[B,H,W]`` image handed to callbacks at a logged step."""
         raise NotImplementedError
 
+    def nfe(self, num_steps: int) -> int:
+        """Network evaluations of a run of ``num_steps`` reverse steps (default: one per step)."""
+        return num_steps
+
     # ------------------------------------------------------------------ shared
     def timesteps(self) -> list[tuple[int, int]]:
         return dds_timesteps(self.denoiser.schedule.num_steps, int(self.cfg[self.steps_field]))
@@ -210,4 +242,4 @@ class DMSolver:
 
         bar = tqdm(pairs, disable=not self.cfg.progress, desc=self.method, leave=False)
         x = restrict_to_support(self.sample(problem, x, bar, noise, on_step), image_support(physics, problem.device))
-        return log.result(self.method, x.detach(), pairs, self.cfg, self.seed, self.seeds)
+        return log.result(self.method, x.detach(), pairs, self.cfg, self.seed, self.seeds, self.nfe(len(pairs)))

@@ -4,7 +4,9 @@ Each sampler is one loop over the reverse steps ``(t, t')`` of a time grid (:fun
 and nothing else: the prior, the start ``x_T``, the noise source and the measurement step are
 injected, and ``callback`` (if given) receives one dict per step. The solver classes
 (``solvers/dds.py``, ``solvers/dps.py``) only build these pieces from a config and ``y``, and turn
-the callback dicts into histories, callbacks and a :class:`solvers.base.Result`.
+the callback dicts into histories, callbacks and a :class:`solvers.base.Result`
+(``solvers/scoremri.py`` and ``solvers/mcg.py`` likewise for :func:`sample_scoremri` and
+:func:`sample_mcg`).
 
 Shared arguments
 
@@ -18,8 +20,10 @@ Shared arguments
 * ``callback(info)``: ``info`` holds at least ``step`` (0-based), ``t``, ``t_next``, ``x`` (= x_t),
   ``eps`` (ε̂), ``x0`` (Tweedie x̂₀) and ``x_next`` (x_{t'}); tensors are ``[B,H,W]``, detached.
 
-Every reverse step starts with :func:`tweedie` (one network call) and ends with
-:func:`ddim_next`; a new sampler adds its own measurement step between (or around) the two.
+Every reverse step starts with :func:`tweedie` (one network call; :func:`tweedie_grad` when the
+measurement step needs a gradient through the network) and ends with :func:`ddim_next` or, for the
+score-SDE-type samplers, :func:`ancestral_step` (+ :func:`langevin_step` correctors); a new sampler
+adds its own measurement step between (or around) them.
 """
 from __future__ import annotations
 
@@ -30,7 +34,8 @@ import torch
 from models.diffusion import respaced_timesteps
 from utils.rng import NoiseStreams
 
-__all__ = ["dds_timesteps", "tweedie", "ddim_next", "sample_dds", "sample_dps"]
+__all__ = ["dds_timesteps", "tweedie", "tweedie_grad", "ddim_next", "ancestral_step", "langevin_step",
+           "sample_dds", "sample_dps", "sample_scoremri", "sample_mcg"]
 
 StepCallback = Callable[[dict], None]
 
@@ -53,6 +58,20 @@ def tweedie(denoiser, x: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tens
     return eps, denoiser.schedule.tweedie_x0(x, eps, t)
 
 
+def tweedie_grad(denoiser, x: torch.Tensor, t: int, loss_fn: Callable[[torch.Tensor], torch.Tensor],
+                 guided: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """:func:`tweedie` plus a measurement loss and its gradient through the network:
+    ``(ε̂, x̂₀, L, ∇_{x_t} Σ_b L_b)`` with ``L = loss_fn(x̂₀)`` ``[B]`` (all detached); without
+    ``guided`` no graph is built and the gradient is ``None``. For complex images the gradient is
+    w.r.t. (real, imag) (PyTorch's convention); slice ``b``'s gradient is that of its own ``L_b``."""
+    x_in = x.detach().requires_grad_(guided)
+    with torch.enable_grad() if guided else torch.no_grad():
+        eps, x0 = tweedie(denoiser, x_in, t)
+        loss = loss_fn(x0)
+        grad = torch.autograd.grad(loss.sum(), x_in)[0] if guided else None
+    return eps.detach(), x0.detach(), loss.detach(), grad
+
+
 def ddim_next(schedule, x: torch.Tensor, x0: torch.Tensor, eps: torch.Tensor, t: int, t_next: int,
               eta: float, noise: NoiseStreams, variant: str) -> torch.Tensor:
     """``x_{t'}`` from ``x̂₀`` and ``ε̂`` (:meth:`DiffusionSchedule.ddim_step`, ``variant`` "dds" or
@@ -62,6 +81,46 @@ def ddim_next(schedule, x: torch.Tensor, x0: torch.Tensor, eps: torch.Tensor, t:
         return x0
     z = noise.like(x0) if eta > 0 else None
     return schedule.ddim_step(x, x0, eps, t, t_next, eta=eta, noise=z, variant=variant)
+
+
+def ancestral_step(schedule, x: torch.Tensor, eps: torch.Tensor, t: int, t_next: int, eta: float,
+                   noise: NoiseStreams) -> torch.Tensor:
+    """Score-SDE's ancestral-sampling predictor of the VP SDE, on the respaced chain ``t → t'``:
+    with ``β = 1 − ᾱ_t/ᾱ_{t'}`` and the score ``s = −ε̂/√(1−ᾱ_t)``,
+    ``x_{t'} = (x_t + β·s)/√(1−β) + η·√β·z`` (the DDPM step with the "fixed large" variance
+    ``β``; ``η = 1`` as score-SDE, ``η = 0`` its mean). No noise after the last step (``t' < 0``,
+    score-SDE's ``denoise``): from ``t = 0`` (``β = 1 − ᾱ₀``) the mean is Tweedie's x̂₀."""
+    a_t, a_next = schedule.alpha_bar(t, x), schedule.alpha_bar(t_next, x)
+    beta = 1.0 - a_t / a_next
+    mean = (x - beta / (1.0 - a_t).sqrt() * eps) * (a_next / a_t).sqrt()
+    if t_next < 0 or eta <= 0:
+        return mean
+    return mean + eta * beta.sqrt() * noise.like(x)
+
+
+def _sq_norms(x: torch.Tensor) -> torch.Tensor:
+    """``‖x_b‖²`` per slice (``[B]`` real; complex: over real and imaginary parts)."""
+    return (x.abs() ** 2).reshape(x.shape[0], -1).sum(dim=1)
+
+
+def langevin_step(denoiser, x: torch.Tensor, t: int, snr: float,
+                  noise: NoiseStreams) -> tuple[torch.Tensor, torch.Tensor]:
+    """One Langevin corrector step of score-SDE at level ``t`` (one network call): score
+    ``s = −ε̂/√(1−ᾱ_t)``, ``z = noise.like(x)``, step size ``ε = 2α(r‖z‖/‖s‖)²`` per slice (``r`` =
+    ``snr``; ``α = 1 − β_t`` of the training schedule, score-SDE's VP rule), then
+    ``x ← x + ε s + √(2ε) z``. Returns ``(x, ε [B])``; a slice with ``s = 0`` is left unchanged."""
+    sched = denoiser.schedule
+    eps = denoiser.eps(x, t).to(x.dtype)
+    z = noise.like(x)
+    a = sched.alpha_bar(t, x)
+    score = -eps / (1.0 - a).sqrt()
+    alpha = 1.0 - float(sched.betas64[int(t)])
+    s2 = _sq_norms(score)
+    moving = s2 > 0
+    step = torch.where(moving, 2.0 * alpha * snr ** 2 * _sq_norms(z) / torch.where(moving, s2, torch.ones_like(s2)),
+                       torch.zeros_like(s2))
+    e = step.reshape(-1, *([1] * (x.ndim - 1)))
+    return x + e * score + (2.0 * e).sqrt() * z, step
 
 
 @torch.no_grad()
@@ -120,16 +179,80 @@ def sample_dps(denoiser, x: torch.Tensor, timesteps: Iterable[tuple[int, int]],
     sched = denoiser.schedule
     guided = zeta > 0
     for step, (t, t_next) in enumerate(timesteps):
-        x_in = x.detach().requires_grad_(guided)
-        with torch.enable_grad() if guided else torch.no_grad():
-            eps, x0 = tweedie(denoiser, x_in, t)
-            loss = measurement_loss(x0)
-            grad = torch.autograd.grad(loss.sum(), x_in)[0] if guided else None
+        eps, x0, loss, grad = tweedie_grad(denoiser, x, t, measurement_loss, guided)
         with torch.no_grad():
-            eps, x0, loss = eps.detach(), x0.detach(), loss.detach()
             x_next = ddim_next(sched, x, x0, eps, t, t_next, eta, noise, "ddim")
             if guided:
                 x_next = x_next - zeta * grad
+        if callback is not None:
+            callback({"step": step, "t": t, "t_next": t_next, "x": x, "eps": eps, "x0": x0,
+                      "loss": loss, "x_next": x_next})
+        x = x_next
+    return x
+
+
+@torch.no_grad()
+def sample_scoremri(denoiser, x: torch.Tensor, timesteps: Iterable[tuple[int, int]],
+                    data_consistency: Callable[[torch.Tensor, int], torch.Tensor], noise: NoiseStreams,
+                    snr: float = 0.16, n_corrector: int = 1, eta: float = 1.0,
+                    callback: Optional[StepCallback] = None) -> torch.Tensor:
+    """Score-MRI's predictor–corrector sampler with data consistency (Chung & Ye, MedIA 2022),
+    on a VP/DDPM ε-prior. Per step ``(t, t')``:
+
+    1. predictor: ``ε̂, x̂₀ = tweedie(x_t, t)`` (one NFE) and :func:`ancestral_step` to ``t'``;
+       then ``x ← data_consistency(x, t')``;
+    2. corrector (``t' ≥ 0`` only): ``n_corrector`` Langevin steps (:func:`langevin_step`) at
+       level ``t'`` (one NFE each, step size from ``snr``), then ``x ← data_consistency(x, t')``.
+
+    ``data_consistency(x, t)`` acts on an iterate at noise level ``t`` (``t = −1``: the clean end).
+    The last step (``0 → −1``) returns the predictor mean, i.e. the DC'd Tweedie x̂₀ (score-SDE's
+    ``denoise``). NFEs: ``len(timesteps) + n_corrector·(len(timesteps) − 1)``. ``callback`` gets the
+    shared keys (``x0`` = the predictor's x̂₀) plus ``step_size`` (``[B]``, the last corrector
+    step's ε; 0 without corrector).
+    """
+    if int(n_corrector) < 0:
+        raise ValueError(f"n_corrector must be >= 0, got {n_corrector}")
+    sched = denoiser.schedule
+    for step, (t, t_next) in enumerate(timesteps):
+        eps, x0 = tweedie(denoiser, x, t)
+        x_next = data_consistency(ancestral_step(sched, x, eps, t, t_next, eta, noise), t_next)
+        step_size = torch.zeros(x.shape[0], dtype=x.real.dtype, device=x.device)
+        if t_next >= 0 and n_corrector > 0:
+            for _ in range(int(n_corrector)):
+                x_next, step_size = langevin_step(denoiser, x_next, t_next, snr, noise)
+            x_next = data_consistency(x_next, t_next)
+        if callback is not None:
+            callback({"step": step, "t": t, "t_next": t_next, "x": x, "eps": eps, "x0": x0,
+                      "step_size": step_size, "x_next": x_next})
+        x = x_next
+    return x
+
+
+def sample_mcg(denoiser, x: torch.Tensor, timesteps: Iterable[tuple[int, int]],
+               measurement_loss: Callable[[torch.Tensor], torch.Tensor],
+               projection: Callable[[torch.Tensor, int], torch.Tensor], noise: NoiseStreams,
+               alpha: float = 1.0, eta: float = 1.0,
+               callback: Optional[StepCallback] = None) -> torch.Tensor:
+    """Manifold-constrained gradient (MCG; Chung, Sim, Ryu & Ye, NeurIPS 2022). Per step ``(t, t')``:
+
+    1. ``ε̂, x̂₀ = tweedie(x_t, t)`` with autograd through the network, ``L = measurement_loss(x̂₀)``
+       (``[B]``; MCG: ``‖W(y − A x̂₀)‖``) and ``∇_{x_t} L`` (:func:`tweedie_grad`);
+    2. the unconditional step ``x'_{t'}`` (:func:`ddim_next`, ``variant="ddim"``; η = 1 is the DDPM
+       ancestral step), ``x̂₀`` after the last step;
+    3. the MCG step ``x''_{t'} = x'_{t'} − α·∇_{x_t} L`` (``alpha = 0`` skips the backward pass);
+    4. ``x_{t'} = projection(x''_{t'}, t')``: the measurement step at noise level ``t'``.
+
+    Returns the final ``x_{−1}``. ``callback`` gets the shared keys plus ``loss`` (``[B]``).
+    """
+    sched = denoiser.schedule
+    guided = alpha > 0
+    for step, (t, t_next) in enumerate(timesteps):
+        eps, x0, loss, grad = tweedie_grad(denoiser, x, t, measurement_loss, guided)
+        with torch.no_grad():
+            x_next = ddim_next(sched, x, x0, eps, t, t_next, eta, noise, "ddim")
+            if guided:
+                x_next = x_next - alpha * grad
+            x_next = projection(x_next, t_next)
         if callback is not None:
             callback({"step": step, "t": t, "t_next": t_next, "x": x, "eps": eps, "x0": x0,
                       "loss": loss, "x_next": x_next})

@@ -290,18 +290,22 @@ def _rel(a, b):
 
 
 @pytest.mark.parametrize("cplx", [True, False])
-@pytest.mark.parametrize("name", ["dds", "dps"])
+@pytest.mark.parametrize("name", ["dds", "dps", "scoremri", "mcg"])
 def test_seeded_batch_equals_single_runs(name, cplx):
     """Slice b of a batch with seeds [5, 6, 7] = a single run with seed 5 / 6 / 7 (float64, the
     prior called on the whole batch); per-slice callbacks and Results match the single runs'."""
     import solvers
     from solvers.base import split_result
 
+    if name == "scoremri" and not cplx:
+        pytest.skip("Score-MRI reconstructs MRI only")
     x, y, op, singles = _batch_problem(cplx)
     den = ConvDenoiser(cplx)
-    cfg = (_quiet(nfe=3, log_every=1, cg_tol=1e-4 if not cplx else 0.0) if name == "dds"
-           else _quiet(num_steps=3, log_every=2, zeta=0.5))
-    cls = DDS if name == "dds" else DPS
+    cfg = {"dds": _quiet(nfe=3, log_every=1, cg_tol=1e-4 if not cplx else 0.0),
+           "dps": _quiet(num_steps=3, log_every=2, zeta=0.5),
+           "scoremri": _quiet(num_steps=3, log_every=2, n_corrector=2, lam=0.7),
+           "mcg": _quiet(num_steps=3, log_every=2, alpha=0.5, dc_mode="kaczmarz" if cplx else "proximal")}[name]
+    cls = solvers.solver_class(name)
     seeds = [5, 6, 7]
     seen = [[] for _ in seeds]
     cbs = [lambda k, xk, info, b=b: seen[b].append((k, xk, info)) for b in range(3)]
