@@ -14,9 +14,13 @@ REGISTRY = {
     "sgdip": ("solvers.sgdip", "SelfGuidedDIP", False),
     "dds": ("solvers.dds", "DDS", True),
     "dps": ("solvers.dps", "DPS", True),
+    "cgsense": ("solvers.cgsense", "CGSense", False),
+    "l1wavelet": ("solvers.l1wavelet", "L1Wavelet", False),
+    "tv": ("solvers.tv", "TV", False),
 }
 ALIASES = {"udig-dip": "udigdip", "udig_dip": "udigdip", "seqdip": "aseqdip", "aseq-dip": "aseqdip",
-           "vanilla-dip": "dip", "self-guided-dip": "sgdip"}
+           "vanilla-dip": "dip", "self-guided-dip": "sgdip", "cg-sense": "cgsense", "cg_sense": "cgsense",
+           "cgls": "cgsense", "l1-wavelet": "l1wavelet", "l1_wavelet": "l1wavelet", "cs": "l1wavelet"}
 
 
 def canonical(name: str) -> str:
