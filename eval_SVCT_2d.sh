@@ -1,21 +1,33 @@
 #!/usr/bin/env bash
-# Sweep sparse-view CT: number of views × solvers over a data folder.
+# Sweep sparse-view CT: number of views × noise levels × solvers, then ONE combined table.
 #   ./eval_SVCT_2d.sh [CONFIG] [DATA] [extra main.py flags...]
-#   VIEWS="18 30 60" SOLVERS="udigdip,aseqdip,dip,dds" ./eval_SVCT_2d.sh configs/paper_ct_aapm.py data/aapm
-# DEG=LA-CT ANGLE=90 switches to limited-angle CT.
+#   VIEWS="18 30 60" NOISES="none poisson:4096" SOLVERS="udigdip,aseqdip,dip,dds,tv" ./eval_SVCT_2d.sh configs/paper_ct_aapm.py data/aapm
+# NOISES: none | gaussian:<sigma> | relative:<level> | poisson:<I0> (photons per detector bin; the
+# attenuation scale is config.physics.mu_max × pixel_mm); the models are stated in physics/noise.py.
+# DEG=LA-CT ANGLE=90 switches to limited-angle CT. Every setting is one run folder inside the sweep
+# folder SWEEP_DIR (default exp/sweep_<time>_ct; pass no --workdir), which ends with sweep.csv and
+# sweep.md: setting × solver → mean ± std PSNR / SSIM and s/slice (utils/sweep_table.py).
+# DRY_RUN=1 prints the commands and runs nothing.
 set -euo pipefail
 cd "$(dirname "$0")"
+source ./eval_common.sh
 CONFIG=${1:-configs/demo_ct.py}
 DATA=${2:-indist_samples}
 shift $(( $# > 2 ? 2 : $# )) || true
 VIEWS=${VIEWS:-"16 23 32"}
-SOLVERS=${SOLVERS:-"udigdip,aseqdip,dip"}
+NOISES=${NOISES:-"none poisson:4096"}
+SOLVERS=${SOLVERS:-"udigdip,aseqdip,dip,cgsense,tv"}
 DEG=${DEG:-SV-CT}
 ANGLE=${ANGLE:-90}
-PY=${PY:-.venv/bin/python}
-for views in $VIEWS; do
-  echo "=== $DEG views=$views solvers=$SOLVERS data=$DATA"
-  "$PY" main.py --config="$CONFIG" --deg="$DEG" --solver="$SOLVERS" --data="$DATA" \
-    --config.physics.num_views="$views" --config.physics.angle_range="$ANGLE" \
-    --name="ct_${DEG}_${views}v" "$@"
+sweep_dir ct
+for noise in $NOISES; do
+  nflags=$(noise_flags "$noise")
+  for views in $VIEWS; do
+    echo "=== $DEG views=$views noise=$noise solvers=$SOLVERS data=$DATA"
+    # shellcheck disable=SC2086  # $nflags holds several flags
+    run "$PY" main.py --config="$CONFIG" --deg="$DEG" --solver="$SOLVERS" --data="$DATA" \
+      --config.physics.num_views="$views" --config.physics.angle_range="$ANGLE" $nflags \
+      --workdir="$SWEEP_DIR" --name="ct_${DEG}_${views}v_$(noise_tag "$noise")" "$@"
+  done
 done
+combine

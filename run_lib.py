@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 import solvers
 from configs.base import solver_config_for
-from physics import make_physics, modality_of, simulate_measurements, stack_physics
+from physics import make_physics, modality_of, noise_from_config, simulate_measurements, stack_physics
 from solvers.base import split_result
 from utils.data import load_dataset
 from utils.distributed import device_for, dist_info, finish, init_distributed, shard, shared_run_dir
@@ -52,7 +52,7 @@ class InputError(ValueError):
 
 # ------------------------------------------------------------------------------------------ solvers
 #: Solvers that reconstruct several slices in one solve (``seeds``: one per slice).
-BATCHED_SOLVERS = ("udigdip", "aseqdip", "dip", "sgdip", "dds", "dps", "scoremri", "mcg")
+BATCHED_SOLVERS = tuple(solvers.REGISTRY)      # every solver takes a batch of slices
 #: Solvers that take ``perf`` (``config.perf``, ``solvers/perf.py``: the DIP solvers).
 PERF_SOLVERS = tuple(n for n in solvers.REGISTRY if solvers.takes_perf(n))
 
@@ -204,7 +204,9 @@ RESUME_FREE_FIELDS = ("workdir", "run_name", "device", "data.max_slices", "batch
 #: Fields added after run folders were first written: a saved config.json without them ran with
 #: these values (so such runs can still be resumed).
 ADDED_FIELD_DEFAULTS = {"batch_size": 1, "perf.bf16": False, "perf.bf16_cpu": False,
-                        "perf.compile": False, "perf.cuda_graph": "off", "perf.net_impl": "vmap"}
+                        "perf.compile": False, "perf.cuda_graph": "off", "perf.net_impl": "vmap",
+                        "physics.noise": "gaussian", "physics.noise_level": 0.0, "physics.I0": 4096.0,
+                        "physics.mu_max": 0.06, "physics.pixel_mm": 3.83}
 
 
 def _flatten(d, prefix=""):
@@ -274,6 +276,10 @@ def plan_run(cfg, resume=None) -> RunPlan:
     one_modality = len({modality_of(d) for d in degs}) == 1
     for deg in degs:
         modality = modality_of(deg)
+        try:
+            noise_from_config(cfg.physics, modality)
+        except ValueError as e:
+            raise InputError(f"{deg}: {e}") from None
         samples = load_samples(cfg, modality)
         denoiser = None
         if any(solvers.needs_prior(n) for n in names):
@@ -300,10 +306,11 @@ class SliceJob:
 
 
 def prepare_slice(cfg, deg, sample, device, seed: int) -> SliceJob:
-    """``make_physics`` → ``simulate_measurements`` (noise seeded ``seed``) for one slice."""
+    """``make_physics`` → ``simulate_measurements`` (the config's noise model, seeded ``seed``)
+    for one slice."""
     physics = make_physics(deg, cfg.physics, sample).to(device)
     x_ref = sample.x_ref[None].to(device)
-    y = simulate_measurements(physics, x_ref, cfg.physics.noise_sigma, seed=seed)
+    y = simulate_measurements(physics, x_ref, noise=noise_from_config(cfg.physics, modality_of(deg)), seed=seed)
     x_in = physics.input_image(y)
     return SliceJob(deg, f"{deg}_{sample.name}", seed, physics, x_ref, y, x_in)
 

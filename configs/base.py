@@ -51,8 +51,14 @@ def get_base_config():
     c.physics.num_views = 30
     c.physics.angle_range = 90.0    # LA-CT only (SV-CT always scans 180°)
     c.physics.num_detectors = 0     # 0 = ceil(√2 N)
-    # both: y = A x + σ n
-    c.physics.noise_sigma = 0.0
+    # both: measurement noise y = A x + n (physics/noise.py: the models, exactly; noise only on
+    # measured entries, slice i seeded seed + i). noise_sigma / noise_level stay 0 unless theirs is chosen.
+    c.physics.noise = "gaussian"    # none | gaussian | relative | poisson (CT only)
+    c.physics.noise_sigma = 0.0     # gaussian: absolute σ per measured entry (E|n|² = σ²); 0 = noiseless
+    c.physics.noise_level = 0.0     # relative: σ = level × RMS of the slice's noiseless measured entries
+    c.physics.I0 = 4096.0           # poisson: incident photons per detector bin (LoDoPaB-CT's low dose)
+    c.physics.mu_max = 0.06         # poisson: μ of image value 1 in 1/mm (3 μ_water, window [-1000, 2000] HU)
+    c.physics.pixel_mm = 3.83       # poisson: pixel size in mm (shipped 64² CT samples: 3.83 mm)
 
     c.prior = ml_collections.ConfigDict()
     c.prior.mri = "demo_mri_64"     # models/priors.py registry name

@@ -45,7 +45,13 @@ def apply_demo_solver_settings(c):
     # Score-MRI / MCG at 100 reverse steps instead of the papers' 500 / 1000 (CPU time).
     c.solver_cfg.scoremri.num_steps = 100
     c.solver_cfg.mcg.num_steps = 100
+    # Classical baselines (our choice): each value a compromise between the noiseless demo problem
+    # and one noise level per modality (MRI noise=relative 0.05, CT noise=poisson I0=4096), picked
+    # on two slices (colin27/060, 062; cranium/048, 050) as a sanity check, not tuned on test data.
     c.modality_overrides.MRI = {
+        "cgsense": {"num_iters": 20},                 # noiseless keeps improving; 5 % noise: best at 10
+        "tv": {"lam": 5e-4, "num_iters": 1000},
+        "l1wavelet": {"lam": 5e-4, "num_iters": 100},
         # K·N = 1000 DIP steps; purification with t_k from 80 down to 2 over k < 80.
         "udigdip": {"num_outer": 100, "inner_steps": 10, "lam": 0.1, "t_start": 80, "purify_stop": 80},
         "aseqdip": {"num_outer": 100, "inner_steps": 10, "lam": 0.1},
@@ -53,6 +59,8 @@ def apply_demo_solver_settings(c):
         "sgdip": {"num_steps": 1000},
     }
     c.modality_overrides.CT = {
+        "cgsense": {"num_iters": 10},                 # CGLS; Poisson noise: best at 10
+        "tv": {"lam": 0.1, "num_iters": 1000},
         # K·N = 600 DIP steps; the CT data term (line integrals) is larger, so λ is larger.
         "udigdip": {"num_outer": 60, "inner_steps": 10, "lam": 3.0, "t_start": 80, "purify_stop": 60},
         "aseqdip": {"num_outer": 60, "inner_steps": 10, "lam": 3.0},

@@ -7,7 +7,9 @@
   :class:`MultiCoilMRI` (``mri.py``) and :class:`ParallelBeamCT` (``ct.py``, kernels in
   ``ct_kernels.py``) implement it.
 * ``make_physics(deg, cfg, sample)``, ``modality_of(deg)``, ``DEGRADATIONS`` (``registry.py``).
-* ``simulate_measurements(physics, x, noise_sigma, seed)`` → y = A x + n (``noise.py``).
+* ``simulate_measurements(physics, x, noise_sigma, seed, noise=model)`` → y = A x + n; noise models
+  (Gaussian, relative Gaussian, CT Poisson), ``noise_from_config(cfg.physics)``, ``is_noiseless``
+  (``noise.py``).
 * ``stack_physics(ops)``: one batched operator from one-slice operators;
   ``finite_checks(op, enabled)``: the NaN/Inf input checks off/on inside a block.
 """
@@ -21,13 +23,15 @@ from .base import MODALITIES, LinearOperator
 from .base import finite_checks as _finite_checks
 from .ct import ParallelBeamCT
 from .mri import MultiCoilMRI
-from .noise import GaussianNoise, NoiseModel, simulate_measurements
+from .noise import (GaussianNoise, NoiseModel, PoissonNoise, RelativeGaussianNoise, is_noiseless,
+                    noise_from_config, simulate_measurements)
 from .registry import DEGRADATIONS, REGISTRY, Degradation, degradation, make_physics, modality_of
 
 __all__ = [
     "LinearOperator", "MODALITIES", "MultiCoilMRI", "ParallelBeamCT",
     "DEGRADATIONS", "REGISTRY", "Degradation", "degradation", "make_physics", "modality_of",
-    "NoiseModel", "GaussianNoise", "simulate_measurements",
+    "NoiseModel", "GaussianNoise", "RelativeGaussianNoise", "PoissonNoise", "simulate_measurements",
+    "noise_from_config", "is_noiseless",
     "stack_physics", "finite_checks",
 ]
 

@@ -16,9 +16,14 @@ REGISTRY = {
     "dps": ("solvers.dps", "DPS", True),
     "scoremri": ("solvers.scoremri", "ScoreMRI", True),
     "mcg": ("solvers.mcg", "MCG", True),
+    "cgsense": ("solvers.cgsense", "CGSense", False),
+    "l1wavelet": ("solvers.l1wavelet", "L1Wavelet", False),
+    "tv": ("solvers.tv", "TV", False),
 }
 ALIASES = {"udig-dip": "udigdip", "udig_dip": "udigdip", "seqdip": "aseqdip", "aseq-dip": "aseqdip",
-           "vanilla-dip": "dip", "self-guided-dip": "sgdip", "score-mri": "scoremri", "score_mri": "scoremri"}
+           "vanilla-dip": "dip", "self-guided-dip": "sgdip", "score-mri": "scoremri", "score_mri": "scoremri",
+           "cg-sense": "cgsense", "cg_sense": "cgsense", "cgls": "cgsense", "l1-wavelet": "l1wavelet",
+           "l1_wavelet": "l1wavelet", "cs": "l1wavelet"}
 
 
 def canonical(name: str) -> str:

@@ -91,6 +91,34 @@ def notify_slices(callback, cbs: Optional[list], k: int, x: torch.Tensor, info: 
         notify(cb, k, x[b:b + 1].clone(), per_info(b), None if x_gt is None else x_gt[b:b + 1])
 
 
+def record_step(history: dict, histories: list[dict], keys: Sequence[str], values: dict,
+                **fixed) -> tuple[dict, list[dict]]:
+    """Append one logged step of a batch: to ``history`` the batch means and to ``histories[b]``
+    slice ``b``'s values of ``values[key]`` (``[B]`` tensors, one host sync for all), with the
+    ``fixed`` entries (e.g. ``step``) as they are.  Returns ``(means, per-slice dicts)``."""
+    per = torch.stack([values[k].reshape(-1) for k in keys])                       # [K, B]
+    flat = torch.cat([per.mean(dim=1), per.reshape(-1)]).tolist()
+    K, B = len(keys), len(histories)
+    means = dict(zip(keys, flat[:K]))
+    slices = [{k: flat[K + i * B + b] for i, k in enumerate(keys)} for b in range(B)]
+    for h, vals in [(history, means)] + list(zip(histories, slices)):
+        for k, v in fixed.items():
+            h[k].append(v)
+        for k in keys:
+            h[k].append(vals[k])
+    return means, slices
+
+
+def batch_result(x: torch.Tensor, history: dict, histories: list[dict], info: dict,
+                 seeds: Optional[list[int]]) -> Result:
+    """The :class:`Result` of a logged batch solve: ``info["slices"]`` = :func:`slice_results`;
+    ``history`` is slice 0's for one slice, else the batch means plus ``per_slice``."""
+    slices = slice_results(x, histories, info, seeds)
+    info["slices"] = slices
+    hist = slices[0].history if len(histories) == 1 else {**history, "per_slice": histories}
+    return Result(x_hat=x, history=hist, info=info)
+
+
 def image_support(physics, device) -> torch.Tensor:
     """The operator's image support ``[B|1,H,W]`` (real 0/1, ``physics.image_support()``) on
     ``device``.  With real coil maps (ESPIRiT, zero outside the object) the operator cannot see the

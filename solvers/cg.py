@@ -31,10 +31,14 @@ kept only for :class:`solvers.dds.DDS`'s ``compat`` mode. For complex Hermitian 
 conjugate-gradient method (it does not minimise the ``M``-norm of the error); for real tensors both
 forms are the same. ``atol`` freezes an element once ``|Σ r·r̄|^½`` (resp. ``|Σ r·r|^½``) ``≤ atol``,
 DDS's absolute stopping rule.
+
+``callback(k, x)`` (optional) is called after iteration ``k`` (0-based) with the current iterate
+(the tensor itself: do not modify it); it does not change the iteration. CG-SENSE
+(:mod:`solvers.cgsense`) logs its iterates with it.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 
@@ -65,7 +69,8 @@ def _bcast(s: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 def conjugate_gradient(apply_A: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor,
                        x0: torch.Tensor | None = None, num_iters: int = 5, tol: float = 0.0,
-                       check_every: int = 5, conjugate: bool = True, atol: float = 0.0) -> torch.Tensor:
+                       check_every: int = 5, conjugate: bool = True, atol: float = 0.0,
+                       callback: Optional[Callable[[int, torch.Tensor], None]] = None) -> torch.Tensor:
     """Run batched CG on ``apply_A(x) = b`` starting from ``x0`` (zeros if ``None``).
 
     Args:
@@ -78,6 +83,7 @@ def conjugate_gradient(apply_A: Callable[[torch.Tensor], torch.Tensor], b: torch
         check_every: how often (iterations) to host-sync for the all-converged early exit.
         conjugate: ``False``: DDS's unconjugated products (see the module docstring).
         atol: absolute tolerance on the residual norm; ``0`` disables the test.
+        callback: ``callback(k, x)`` after every iteration ``k`` (0-based) that runs.
 
     Returns:
         The approximate solution ``[B, ...]``.
@@ -117,6 +123,8 @@ def conjugate_gradient(apply_A: Callable[[torch.Tensor], torch.Tensor], b: torch
         p = r + _bcast(beta, p) * p
         # frozen elements keep their old residual norm so they stay frozen
         rs = torch.where(active, rs_new, rs)
+        if callback is not None:
+            callback(k, x)
         if (tol > 0 or atol > 0) and (k + 1) % check_every == 0 and k + 1 < num_iters:
             if not bool((rs.abs() > thresh).any()):
                 break

@@ -37,8 +37,8 @@ import torch
 from tqdm.auto import tqdm
 
 from models.diffusion import DiffusionSchedule
-from solvers.base import (Callback, Result, check_measurements, check_seeds, image_support, notify_slices,
-                          per_slice_callbacks, restrict_to_support, slice_results)
+from solvers.base import (Callback, Result, batch_result, check_measurements, check_seeds, image_support,
+                          notify_slices, per_slice_callbacks, record_step, restrict_to_support)
 from solvers.cg import batch_dot
 from solvers.common import resolve_config
 from solvers.sampling import dds_timesteps
@@ -138,16 +138,7 @@ class StepLog:
 
     def record(self, step: int, t: int, x: torch.Tensor, values: dict[str, torch.Tensor]) -> None:
         """Log step ``step`` (one host sync): ``values[key]`` is a ``[B]`` tensor per key."""
-        per = torch.stack([values[k].reshape(-1) for k in self.keys])                # [K, B]
-        flat = torch.cat([per.mean(dim=1), per.reshape(-1)]).tolist()
-        K, B = len(self.keys), self.batch
-        means = dict(zip(self.keys, flat[:K]))
-        slices = [{k: flat[K + i * B + b] for i, k in enumerate(self.keys)} for b in range(B)]
-        for h, vals in [(self.history, means)] + list(zip(self.histories, slices)):
-            h["step"].append(step)
-            h["t"].append(t)
-            for k in self.keys:
-                h[k].append(vals[k])
+        means, slices = record_step(self.history, self.histories, self.keys, values, step=step, t=t)
         base = {"phase": self.phase, "t": t}
         notify_slices(self.callback, self.cbs, step, x, {**base, **means},
                       lambda b: {**base, **slices[b]}, self.x_gt)
@@ -161,10 +152,7 @@ class StepLog:
                 "timesteps": [p[0] for p in pairs], "config": cfg.to_dict()}
         if seeds is not None:
             info["seeds"] = list(seeds)
-        slices = slice_results(x, self.histories, info, seeds)
-        info["slices"] = slices
-        history = slices[0].history if self.batch == 1 else {**self.history, "per_slice": self.histories}
-        return Result(x_hat=x, history=history, info=info)
+        return batch_result(x, self.history, self.histories, info, seeds)
 
 
 class DMSolver:
