@@ -103,17 +103,28 @@ def conjugate_gradient(apply_A: Callable[[torch.Tensor], torch.Tensor], b: torch
     r = b - apply_A(x)
     p = r.clone()
     rs = dot(r, r)
-    # Freeze threshold on |⟨r, r⟩|: the requested tolerances, but never below a round-off floor
-    # (10·machine-ε relative): past it, further steps on a (semi-)definite operator such as AᴴA
-    # divide round-off by round-off and can blow the iterate up.
+    # Freeze threshold on |⟨r, r⟩|: the requested tolerances, but never below a round-off floor,
+    # 10·machine-ε relative to the larger of ‖b‖ and the first residual ‖b − A x₀‖ (a start x₀
+    # with a large component in the null space of a semi-definite A such as AᴴA leaves a residual
+    # whose round-off exceeds ε‖b‖): past it, further steps divide round-off by round-off and can
+    # blow the iterate up.  For the same reason a direction p whose curvature ⟨p, Ap⟩/⟨p, p⟩ has
+    # fallen to round-off relative to the largest curvature seen (p in the null space) freezes too.
     eps = torch.finfo(rs.real.dtype).eps
-    thresh = (max(float(tol), 10.0 * eps) ** 2 * batch_dot(b, b)).clamp_min(float(atol) ** 2)
+    scale = torch.maximum(batch_dot(b, b), batch_dot(r, r))
+    thresh = torch.maximum(max(float(tol), 10.0 * eps) ** 2 * scale,
+                           float(tol) ** 2 * batch_dot(b, b)).clamp_min(float(atol) ** 2)
     check_every = max(1, int(check_every))
     one, zero = torch.ones_like(rs), torch.zeros_like(rs)
+    max_curv = torch.zeros_like(rs.real)
     for k in range(num_iters):
         Ap = apply_A(p)
         pAp = dot(p, Ap)
-        curved = (pAp > 0) if conjugate else (pAp != 0)
+        if conjugate:
+            curv = pAp / batch_dot(p, p).clamp_min(torch.finfo(max_curv.dtype).tiny)
+            max_curv = torch.maximum(max_curv, curv)
+            curved = (pAp > 0) & (curv > 100.0 * eps * max_curv)
+        else:
+            curved = pAp != 0
         active = (rs.abs() > thresh) & curved
         alpha = torch.where(active, rs / torch.where(active, pAp, one), zero)
         x = x + _bcast(alpha, x) * p

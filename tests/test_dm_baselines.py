@@ -67,6 +67,26 @@ def test_cg_random_hpd_batched(dtype):
     assert (x2.reshape(B, N) - x_true).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cg_on_singular_normal_equations_stays_put_past_convergence(dtype):
+    """CG on AᴴA x = Aᴴy (A wide, so AᴴA is singular) started at x₀ with a null-space component:
+    the null-space part of x₀ must stay and the rest converge to pinv(A)y, however many iterations
+    run (without the round-off freeze the iterate blew up to 1e8–1e20 past ~50 iterations)."""
+    g = torch.Generator().manual_seed(0)
+    A = torch.randn(60, 256, generator=g, dtype=dtype)
+    y = torch.randn(60, generator=g, dtype=dtype)
+    x0 = torch.randn(1, 256, generator=g, dtype=dtype)
+    A64 = A.double()
+    pinv = torch.linalg.pinv(A64)
+    x0_null = x0.double()[0] - pinv @ (A64 @ x0.double()[0])       # the part CG cannot change
+    want = pinv @ y.double() + x0_null
+    tol = 1e-4 if dtype == torch.float32 else 1e-10
+    for n in (40, 60, 300):
+        x = conjugate_gradient(lambda v: (v @ A.T) @ A, (A.T @ y)[None], x0=x0, num_iters=n)
+        err = float((x[0].double() - want).norm() / want.norm())
+        assert err < tol, (n, err)
+
+
 def test_cg_proximal_mri_system_matches_closed_form():
     """(I + γAᴴA)x = b for masked FFT: two eigenvalues → CG exact in 2 iterations."""
     op, gamma = MaskedFFT(_mask().double()), 5.0
