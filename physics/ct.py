@@ -132,6 +132,7 @@ class ParallelBeamCT(LinearOperator):
         self.register_buffer("matrix", a, persistent=False)
         self.register_buffer("matrix_t", at, persistent=False)
         self.register_buffer("bp_matrix", None, persistent=False)  # built on first fbp()
+        self.register_buffer("bp_matrix_t", None, persistent=False)  # its transpose, on first gradient
         self._converted: dict = {}
 
     # -- internals --------------------------------------------------------------------------
@@ -180,11 +181,17 @@ class ParallelBeamCT(LinearOperator):
             self._converted_copy("matrix_t", dtype, device),
         )
 
-    def _interp_bp(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    def _interp_bp(self, dtype: torch.dtype, device: torch.device, transpose: bool = False) -> torch.Tensor:
+        """The interpolating back-projector (or, ``transpose``, its transpose, built once on the
+        first gradient through it) in ``dtype`` on ``device``."""
         if self.bp_matrix is None:
             b = backprojection_matrix(self.image_size, self.angles_deg, self.detector_pos)
             self.bp_matrix = b.to(device=self.matrix.device, dtype=self.matrix.dtype)
-        return self._converted_copy("bp_matrix", dtype, device)
+        if not transpose:
+            return self._converted_copy("bp_matrix", dtype, device)
+        if self.bp_matrix_t is None:
+            self.bp_matrix_t = self.bp_matrix.to_sparse_coo().t().coalesce().to_sparse_csr()
+        return self._converted_copy("bp_matrix_t", dtype, device)
 
     def _check_real(self, t: torch.Tensor, what: str) -> None:
         if not torch.is_tensor(t):
@@ -255,9 +262,11 @@ class ParallelBeamCT(LinearOperator):
             raise ValueError(f"unknown backprojector {backprojector!r}; use 'interp' or 'adjoint'")
         self._check_sino(y)
         bmat = self._interp_bp(y.dtype, y.device)
+        bmat_t = self._interp_bp(y.dtype, y.device, transpose=True) if (
+            torch.is_grad_enabled() and y.requires_grad) else None
         b = y.shape[0]
         cols = y.reshape(b, -1).t().contiguous()
-        out = SparseApply.apply(cols, bmat, None)
+        out = SparseApply.apply(cols, bmat, bmat_t)
         return out.t().reshape(b, self.image_size, self.image_size)
 
     def fbp(self, y: torch.Tensor, filter: str = "ramp", backprojector: str = "interp") -> torch.Tensor:

@@ -330,7 +330,7 @@ class SparseApply(torch.autograd.Function):
     def backward(ctx, grad):
         if not ctx.needs_input_grad[0]:
             return None, None, None
-        if ctx.mat_t is None:  # no stored transpose (interpolating back-projector): slow path
+        if ctx.mat_t is None:  # no stored transpose: built here (slow; callers pass one when they can)
             return torch.sparse.mm(ctx.mat.to_sparse_coo().t().coalesce(), grad.contiguous()), None, None
         return SparseApply.apply(grad.contiguous(), ctx.mat_t, ctx.mat), None, None
 

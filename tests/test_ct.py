@@ -269,12 +269,13 @@ def test_dds_backprojection_and_interp_backprojector():
     assert np.allclose(op.backproject(lin)[0].numpy(), expect, atol=1e-10)
     with pytest.raises(ValueError, match="backprojector"):
         op.fbp(y, backprojector="nearest")
-    # gradients flow through the interpolating FBP (transpose computed on the fly)
+    # gradients flow through the interpolating FBP (its transpose, built once and kept)
     yy = y.clone().requires_grad_(True)
     w = torch.rand(2, 32, 32, dtype=torch.float64)
     (op.backproject(yy) * w).sum().backward()
     lhs = (op.backproject(y) * w).sum()
     assert torch.allclose((yy.grad * y).sum(), lhs, rtol=1e-10)
+    assert op.bp_matrix_t is not None            # kept for the next backward pass
 
 
 # --------------------------------------------------------------------------------------------
