@@ -123,6 +123,30 @@ _RAW = {
         "num_tensors": None,
         "description": "Small CPU-trained complex MRI prior shipped with the repository (64x64).",
     },
+    "broad_ct_64": {
+        "model": _adm(64, 1, False, 32, 1, (1, 2, 2, 2), "16", 4, -1),
+        "is_complex": False,
+        "data_scale": _CT_SCALE,
+        "checkpoint": "models/priors/broad_ct_64.pt",
+        "alt_names": [],
+        "num_params": None,
+        "num_tensors": None,
+        "description": ("Small CPU-trained CT prior (64x64, same network as demo_ct_64), trained "
+                        "with geometric/intensity augmentation and region-level hold-outs "
+                        "(models/priors/README.md)."),
+    },
+    "broad_mri_64": {
+        "model": _adm(64, 2, False, 32, 1, (1, 2, 2, 2), "16", 4, -1),
+        "is_complex": True,
+        "data_scale": _MRI_SCALE,
+        "checkpoint": "models/priors/broad_mri_64.pt",
+        "alt_names": [],
+        "num_params": None,
+        "num_tensors": None,
+        "description": ("Small CPU-trained complex MRI prior (64x64, same network as demo_mri_64), "
+                        "trained on more subjects/templates with augmentation "
+                        "(models/priors/README.md)."),
+    },
 }
 
 #: Aliases accepted by :func:`get_prior_config`.
