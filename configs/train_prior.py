@@ -94,5 +94,8 @@ def get_config(variant: str = "ct"):
     c.train.log_every = 10
     c.train.ckpt_every = 250
     c.train.progress = True
-    c.train.init_from = ""
+    # broad MRI: continue from the shipped demo_mri_64 (its training data is a subset of the
+    # broad set and it never saw the validation / OOD subjects); broad CT starts from scratch
+    # because demo_ct_64 saw the Cranium regions that broad_ct_64 holds out.
+    c.train.init_from = "models/priors/demo_mri_64.pt" if variant == "mri_broad" else ""
     return c
