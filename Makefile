@@ -41,7 +41,7 @@ priors: $(VENV_STAMP)
 	$(PY) train.py --config=configs/train_prior.py:ct --workdir=exp/train_ct --threads=1
 	$(PY) train.py --config=configs/train_prior.py:mri --workdir=exp/train_mri --config.train.num_steps=1000 --threads=1
 	$(PY) train.py --config=configs/train_prior.py:ct_broad --workdir=exp/train_broad_ct --threads=1
-	$(PY) train.py --config=configs/train_prior.py:mri_broad --workdir=exp/train_broad_mri --threads=1
+	$(PY) train.py --config=configs/train_prior.py:mri_broad --workdir=exp/train_broad_mri --config.train.ckpt_every=100 --threads=1
 
 clean-venv:
 	rm -rf .venv

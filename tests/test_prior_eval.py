@@ -80,3 +80,19 @@ def test_evaluate_and_plot_with_a_tiny_exported_prior(tmp_path):
     assert (tmp_path / "card" / "tweedie.png").stat().st_size > 0
     with pytest.raises(SystemExit):
         prior_eval.main(["--modality=CT", f"--priors={path}", "--ts=a,b"])
+    with pytest.raises(SystemExit, match="ZOOM"):
+        prior_eval.main(["--modality=CT", f"--priors={path}", "--warp=0,10"])
+    warped = prior_eval.evaluate([path], [tmp_path / "dds"], "CT", ts=(10,), num_noise=1, warp=(0.8, 10.0))
+    assert warped["warp"] == {"zoom": 0.8, "angle_deg": 10.0}
+    assert warped["results"][str(path)][str(tmp_path / "dds")]["mean"]["10"] != r["mean"]["10"]
+
+
+def test_warp_slice():
+    x = torch.rand(16, 16, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(prior_eval.warp_slice(x, 1.0, 0.0), x, atol=1e-6, rtol=0)
+    z = torch.polar(x, torch.full((16, 16), 0.7))
+    w = prior_eval.warp_slice(z, 1.0, 90.0)
+    assert w.dtype == z.dtype
+    torch.testing.assert_close(w, torch.rot90(z, 1, (0, 1)), atol=1e-5, rtol=0)
+    small = prior_eval.warp_slice(torch.ones(16, 16), 0.5, 0.0)
+    assert float(small[0].max()) == 0.0 and float(small[8, 8]) == 1.0

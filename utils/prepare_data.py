@@ -4,6 +4,8 @@ Usage (from the repository root)::
 
     .venv/bin/python -m utils.prepare_data --out data                 # data/train, data/heldout
     .venv/bin/python -m utils.prepare_data --out data --samples indist_samples   # + shipped samples
+    .venv/bin/python -m utils.prepare_data --out data --samples indist_samples \
+        --val val_samples --ood ood_samples                          # + broad set, val, OOD (make data)
 
 Output folder (``--out``, default ``data``; not committed, see .gitignore)::
 
@@ -73,6 +75,27 @@ T1 volume); ``indist_samples/README.md`` is hand-written and describes the same 
 Result of the current version: 79 CT training slices (0–42, 65–100; 101–107 skipped), 163 MRI
 training slices (100 Colin27: 21–54, 77–142; 8 ITK 2-D slices; 55 ITK T1-volume slices),
 12 + 12 held-out slices.
+
+Broader set, validation and OOD samples (``--broad``, ``--val DIR``, ``--ood DIR``)
+------------------------------------------------------------------------------------
+:func:`prepare_broad` (needs the output of :func:`prepare`, Debian ``dicom3tools`` and the
+nilearn wheel in ``data/sources``, see ``make data``) writes::
+
+    data/train_broad/CT/cranium_<k:03d>.npy     45 Cranium slices: 17–42, 65–83
+    data/train_broad/MRI/*.npy                  the 163 slices of train/MRI + 133 MNI152 2009a slices
+    data/manifest_broad.json
+    <val>/, <ood>/                              DDS folders (64²) + manifest.json
+
+* CT: the Cranium scan is the only real CT; besides the test block 48–59 the broad prior holds
+  out the jaw/teeth/maxilla region 0–11 (OOD test) and the vertex 89–100 (validation), each with
+  a gap of ``GAP`` slices.  Validation also gets held-out slices 49, 53, 57.
+* MRI training adds the MNI ICBM152 2009a T1 template (nilearn wheel, BSD-3-Clause package;
+  axial every 2nd slice, coronal and sagittal every 4th).  Validation: Colin27 held-out slices
+  61, 65, 69 (synthetic maps) and a held-out subject (nibabel ``example4d.nii.gz`` EPI, ESPIRiT
+  maps).  OOD test: Siemens PASL mosaic (dicom3tools ``0051.dcm``), sagittal head MR (matplotlib
+  ``s1045.ima.gz``), rat thorax MR (ITK ``RatLungSlice1.mha``), low-resolution T1 (nibabel
+  ``anatomical.nii``), all with ESPIRiT maps estimated from simulated 8-coil k-space
+  (:func:`espirit_from_image`).
 """
 from __future__ import annotations
 

@@ -59,8 +59,21 @@ def tweedie_psnr(denoiser, images, ts=DEFAULT_TS, seed: int = 0, num_noise: int 
     return out
 
 
-def evaluate(priors, sets, modality: str, ts=DEFAULT_TS, seed: int = 0, num_noise: int = 4) -> dict:
-    """Tweedie PSNR of each prior (name or path) on each DDS folder's ``modality`` slices.
+def warp_slice(x: torch.Tensor, zoom: float, angle_deg: float) -> torch.Tensor:
+    """A slice seen at another field of view / position: rotated by ``angle_deg`` and magnified
+    by ``zoom`` about the centre (``train.affine_warp``, bilinear, 0 outside; complex slices warp
+    real and imaginary parts alike); CT stays in [0, 1]."""
+    from train import affine_warp
+
+    h = torch.view_as_real(x).permute(2, 0, 1)[None] if x.is_complex() else x[None, None]
+    w = affine_warp(h.float(), torch.tensor([float(angle_deg)]), torch.tensor([float(zoom)]), torch.zeros(1, 2))[0]
+    return torch.complex(w[0], w[1]) if x.is_complex() else w[0].clamp(0, 1)
+
+
+def evaluate(priors, sets, modality: str, ts=DEFAULT_TS, seed: int = 0, num_noise: int = 4,
+             warp: tuple[float, float] | None = None) -> dict:
+    """Tweedie PSNR of each prior (name or path) on each DDS folder's ``modality`` slices
+    (``warp`` = (zoom, angle°): every slice first goes through :func:`warp_slice`).
 
     Returns ``{"ts", "seed", "num_noise", "modality", "results": {prior: {set: {"mean": {t: dB},
     "volumes": {volume: {t: dB}}, "slices": {name: {t: dB}}}}}}``.  Every prior gets the same
@@ -74,7 +87,8 @@ def evaluate(priors, sets, modality: str, ts=DEFAULT_TS, seed: int = 0, num_nois
         den = load_prior(p).eval()
         res[str(p)] = {}
         for s, samples in data.items():
-            vals = tweedie_psnr(den, [smp.x_ref for smp in samples], ts, seed, num_noise)
+            imgs = [smp.x_ref if warp is None else warp_slice(smp.x_ref, *warp) for smp in samples]
+            vals = tweedie_psnr(den, imgs, ts, seed, num_noise)
             names = [smp.name for smp in samples]
             vols = sorted({n.split("/")[0] for n in names})
             res[str(p)][str(s)] = {
@@ -84,7 +98,7 @@ def evaluate(priors, sets, modality: str, ts=DEFAULT_TS, seed: int = 0, num_nois
                 "slices": {n: {str(t): vals[t][i] for t in vals} for i, n in enumerate(names)},
             }
     return {"ts": [int(t) for t in ts], "seed": seed, "num_noise": num_noise, "modality": modality,
-            "results": res}
+            "warp": None if warp is None else {"zoom": warp[0], "angle_deg": warp[1]}, "results": res}
 
 
 def plot(report: dict, path) -> None:
@@ -118,6 +132,8 @@ def main(argv=None):
     ap.add_argument("--ts", default=",".join(map(str, DEFAULT_TS)))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--num_noise", type=int, default=4)
+    ap.add_argument("--warp", default=None,
+                    help="ZOOM,ANGLE: evaluate every slice rotated by ANGLE degrees and magnified by ZOOM")
     ap.add_argument("--out", default=None, help="JSON file for the numbers")
     ap.add_argument("--plot", default=None, help="PNG file for the curves")
     args = ap.parse_args(argv)
@@ -125,8 +141,16 @@ def main(argv=None):
         ts = [int(t) for t in args.ts.split(",")]
     except ValueError:
         raise SystemExit(f"--ts must be a comma list of integers, got {args.ts!r}")
+    warp = None
+    if args.warp:
+        try:
+            warp = tuple(float(v) for v in args.warp.split(","))
+        except ValueError:
+            warp = ()
+        if len(warp) != 2 or warp[0] <= 0:
+            raise SystemExit(f"--warp must be ZOOM,ANGLE with ZOOM > 0, got {args.warp!r}")
     report = evaluate([p for p in args.priors.split(",") if p], [s for s in args.sets.split(",") if s],
-                      args.modality, ts, args.seed, args.num_noise)
+                      args.modality, ts, args.seed, args.num_noise, warp)
     report["command"] = " ".join(["python -m utils.prior_eval"] + (sys.argv[1:] if argv is None else list(argv)))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
