@@ -85,7 +85,7 @@ def get_config(variant: str = "ct"):
 
     c.train = ml_collections.ConfigDict()
     # demo_ct_64: 2500; demo_mri_64 used --config.train.num_steps=1000; broad: the steps trained
-    c.train.num_steps = {"ct": 2500, "mri": 2500, "ct_broad": 2400, "mri_broad": 1200}[variant]
+    c.train.num_steps = {"ct": 2500, "mri": 2500, "ct_broad": 2400, "mri_broad": 1000}[variant]
     c.train.batch_size = 16
     c.train.lr = 5e-4
     c.train.warmup = 100
