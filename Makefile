@@ -29,13 +29,19 @@ bench: $(VENV_STAMP)
 bench-gpu:
 	bash bench_gpu.sh
 
-# Needs Debian packages (apt-get): invesalius-examples mricron-data insighttoolkit5-examples
+# Needs Debian packages (apt-get): invesalius-examples mricron-data insighttoolkit5-examples dicom3tools
+# and the nilearn wheel (MNI152 template, read from the zip; nothing is installed)
 data: $(VENV_STAMP)
-	$(PY) -m utils.prepare_data --out data --samples indist_samples
+	$(PY) -m pip download --disable-pip-version-check -q --no-deps nilearn==0.14.1 -d data/sources
+	$(PY) -m utils.prepare_data --out data --samples indist_samples --val val_samples --ood ood_samples
 
+# demo_*_64 (legacy recipe) and broad_*_64 (augmented, broader data); one core each, one at a
+# time; re-running a line resumes from its workdir. Step counts: models/priors/README.md
 priors: $(VENV_STAMP)
-	$(PY) train.py --config=configs/train_prior.py:ct --workdir=exp/train_ct
-	$(PY) train.py --config=configs/train_prior.py:mri --workdir=exp/train_mri
+	$(PY) train.py --config=configs/train_prior.py:ct --workdir=exp/train_ct --threads=1
+	$(PY) train.py --config=configs/train_prior.py:mri --workdir=exp/train_mri --config.train.num_steps=1000 --threads=1
+	$(PY) train.py --config=configs/train_prior.py:ct_broad --workdir=exp/train_broad_ct --threads=1
+	$(PY) train.py --config=configs/train_prior.py:mri_broad --workdir=exp/train_broad_mri --config.train.ckpt_every=100 --threads=1
 
 clean-venv:
 	rm -rf .venv

@@ -80,11 +80,86 @@ def load_training_images(folder: str | Path, image_size: int, is_complex: bool) 
     return x
 
 
-def augment(x: torch.Tensor, is_complex: bool, gen: torch.Generator) -> torch.Tensor:
-    """Random left-right flips and, for complex data, a random global phase e^{iφ}."""
+AUGMENT_DEFAULTS = {"hflip": 0.5, "vflip": 0.0, "rotate_deg": 0.0, "zoom": (1.0, 1.0),
+                    "translate": 0.0, "intensity": (1.0, 1.0), "geometric_prob": 1.0}
+
+
+def _uniform(n: int, lo: float, hi: float, gen: torch.Generator) -> torch.Tensor:
+    return lo + (hi - lo) * torch.rand(n, generator=gen, dtype=torch.float64)
+
+
+def affine_warp(x: torch.Tensor, angle_deg: torch.Tensor, zoom: torch.Tensor,
+                shift: torch.Tensor) -> torch.Tensor:
+    """Rotate by ``angle_deg``, magnify by ``zoom`` (> 1 zooms in: a smaller field of view fills
+    the image; < 1 zooms out, the border is filled with 0 = air / no signal) and shift the
+    content by ``shift`` (fractions of the image side, [B, 2] as (x, y)), about the image centre,
+    one transform per image of ``x [B, C, H, W]`` (bilinear; channels = (real, imag) are warped
+    alike, so a complex image keeps its phase).  Angle 0, zoom 1, shift 0 returns ``x``
+    unchanged (up to float rounding)."""
     b = x.shape[0]
-    flip = torch.rand(b, generator=gen) < 0.5
+    if not (angle_deg.shape == zoom.shape == (b,) and shift.shape == (b, 2)):
+        raise ValueError(f"affine_warp: expected angle/zoom [{b}] and shift [{b}, 2], got "
+                         f"{tuple(angle_deg.shape)}, {tuple(zoom.shape)}, {tuple(shift.shape)}")
+    if bool((zoom <= 0).any()):
+        raise ValueError("affine_warp: zoom factors must be > 0")
+    a = torch.deg2rad(angle_deg.double())
+    c, s = torch.cos(a) / zoom.double(), torch.sin(a) / zoom.double()
+    # output pixel p (normalised coords) samples the input at R(-a)/zoom · p - shift·2
+    theta = torch.stack((torch.stack((c, -s, -2 * shift[:, 0].double()), -1),
+                         torch.stack((s, c, -2 * shift[:, 1].double()), -1)), 1)
+    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def augment(x: torch.Tensor, is_complex: bool, gen: torch.Generator, cfg=None) -> torch.Tensor:
+    """Random augmentation of a training batch ``x [B, C, H, W]`` (C = 2: real, imag).
+
+    ``cfg`` (``config.augment``; missing keys = :data:`AUGMENT_DEFAULTS`, i.e. left-right flips
+    only): each image independently gets a left-right flip with probability ``hflip``, an
+    up-down flip with probability ``vflip``; then, with probability ``geometric_prob``, one
+    bilinear warp (:func:`affine_warp`) with a rotation ~ U(-``rotate_deg``, ``rotate_deg``)
+    degrees, a zoom ~ log-uniform in ``zoom`` = (min, max) and a shift ~ U(-``translate``,
+    ``translate``) of the image side per axis; then an intensity factor ~ U(``intensity``)
+    (CT: clipped back to [0, 1], the HU window's range). Complex data finally get a random
+    global phase e^{iφ}, φ ~ U[0, 2π) (the prior must not care about the absolute phase).
+    Every draw comes from ``gen``, so a batch is reproducible from the generator state;
+    shapes and dtype are preserved."""
+    a = dict(AUGMENT_DEFAULTS)
+    if cfg is not None:
+        a.update({k: cfg[k] for k in (cfg.keys() if hasattr(cfg, "keys") else cfg)})
+    unknown = set(a) - set(AUGMENT_DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown augmentation fields {sorted(unknown)}; known: {sorted(AUGMENT_DEFAULTS)}")
+    for key in ("hflip", "vflip", "geometric_prob"):
+        if not 0.0 <= float(a[key]) <= 1.0:
+            raise ValueError(f"augment.{key} must be a probability in [0, 1], got {a[key]!r}")
+    zlo, zhi = (float(v) for v in a["zoom"])
+    ilo, ihi = (float(v) for v in a["intensity"])
+    if not (0 < zlo <= zhi and 0 < ilo <= ihi):
+        raise ValueError(f"augment.zoom and augment.intensity must be ranges (lo, hi) with 0 < lo <= hi, "
+                         f"got {a['zoom']!r}, {a['intensity']!r}")
+    if float(a["rotate_deg"]) < 0 or float(a["translate"]) < 0:
+        raise ValueError("augment.rotate_deg and augment.translate must be >= 0")
+    b = x.shape[0]
+    flip = torch.rand(b, generator=gen) < float(a["hflip"])
     x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    if float(a["vflip"]) > 0:
+        flip = torch.rand(b, generator=gen) < float(a["vflip"])
+        x = torch.where(flip[:, None, None, None], x.flip(-2), x)
+    rot, tr = float(a["rotate_deg"]), float(a["translate"])
+    if rot > 0 or zlo != 1.0 or zhi != 1.0 or tr > 0:
+        angle = _uniform(b, -rot, rot, gen)
+        zoom = torch.exp(_uniform(b, math.log(zlo), math.log(zhi), gen))
+        shift = _uniform(2 * b, -tr, tr, gen).reshape(b, 2)
+        keep = torch.rand(b, generator=gen, dtype=torch.float64) >= float(a["geometric_prob"])
+        angle, zoom = torch.where(keep, 0.0, angle), torch.where(keep, 1.0, zoom)
+        shift = torch.where(keep[:, None], 0.0, shift)
+        x = affine_warp(x, angle, zoom, shift)
+    if ilo != 1.0 or ihi != 1.0:
+        scale = _uniform(b, ilo, ihi, gen).to(x.dtype)
+        x = x * scale[:, None, None, None]
+        if not is_complex:
+            x = x.clamp(0.0, 1.0)
     if is_complex:
         phi = torch.rand(b, generator=gen) * 2 * math.pi
         c, s = torch.cos(phi)[:, None, None], torch.sin(phi)[:, None, None]
@@ -211,7 +286,12 @@ def train(config, workdir: Path) -> dict:
     gen = torch.Generator().manual_seed(config.seed)
     model_cfg = config.model.to_dict()
     image_size, is_complex = model_cfg["image_size"], config.is_complex
-    data = load_training_images(dc.train_dir, image_size, is_complex)
+    load_size = int(dc.get("load_size", 0) or image_size)
+    if load_size < image_size:
+        raise ValueError(f"data.load_size ({load_size}) must be >= the model's image_size ({image_size})")
+    aug_cfg = config.get("augment")
+    aug_cfg = aug_cfg.to_dict() if aug_cfg is not None else None
+    data = load_training_images(dc.train_dir, load_size, is_complex)
     logging.info("training on %d slices from %s, %s", len(data), dc.train_dir, tuple(data.shape))
 
     model = create_adm_model(model_cfg)
@@ -229,6 +309,12 @@ def train(config, workdir: Path) -> dict:
         step, losses = st["step"], st["losses"]
         seconds_before = float(st.get("seconds", float("nan")))  # NaN: written before timing was stored
         logging.info("resumed from %s (step %d)", last, step)
+    elif tc.get("init_from"):
+        from models.checkpoint import load_state_dict_file
+
+        sd = load_state_dict_file(tc.init_from, prefer_ema=True)
+        model.load_state_dict(sd), ema.load_state_dict(sd)
+        logging.info("initialised model and EMA from %s", tc.init_from)
 
     n_params = sum(p.numel() for p in model.parameters())
     t0 = time.time()
@@ -236,7 +322,9 @@ def train(config, workdir: Path) -> dict:
     model.train()
     while step < tc.num_steps:
         idx = torch.randint(0, len(data), (tc.batch_size,), generator=gen)
-        x0 = augment(data[idx], is_complex, gen)
+        x0 = augment(data[idx], is_complex, gen, aug_cfg)
+        if x0.shape[-1] != image_size:
+            x0 = F.interpolate(x0, size=(image_size, image_size), mode="area")
         if dc.phantom_fraction > 0:
             n_ph = int(round(dc.phantom_fraction * tc.batch_size))
             if n_ph:
@@ -274,7 +362,8 @@ def train(config, workdir: Path) -> dict:
     export = Path(config.export_path)
     save_adm_checkpoint(export, ema, model_cfg, extra={
         "prior": config.prior_name, "is_complex": is_complex, "schedule": config.schedule.to_dict(),
-        "train_steps": step, "batch_size": tc.batch_size, "data": str(dc.train_dir)})
+        "train_steps": step, "batch_size": tc.batch_size, "data": str(dc.train_dir),
+        "augment": aug_cfg, "load_size": load_size, "init_from": tc.get("init_from") or None})
     denoiser = Denoiser(ema.eval(), sched, is_complex=is_complex, learn_sigma=model_cfg["learn_sigma"])
     heldout = None
     if dc.heldout_dir and Path(dc.heldout_dir).is_dir():
@@ -282,6 +371,7 @@ def train(config, workdir: Path) -> dict:
         heldout = torch.complex(h[:, 0], h[:, 1]) if is_complex else h[:, 0]
     report = save_figures(Path(config.card_dir), denoiser, losses, heldout, image_size, config.seed)
     report.update({"steps": step, "seconds_this_run": seconds, "train_seconds_total": seconds_before + seconds, "num_params": n_params,
+                   "augment": aug_cfg, "load_size": load_size, "init_from": tc.get("init_from") or None,
                    "final_loss_mean_last_10pct": float(np.mean([v for _, v in losses[-max(len(losses) // 10, 1):]])),
                    "command": " ".join(sys.argv), "export": str(export), "torch": torch.__version__})
     (Path(config.card_dir) / "train_report.json").write_text(json.dumps(report, indent=1))

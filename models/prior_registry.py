@@ -18,8 +18,8 @@ Every entry of :data:`PRIORS` is an ``ml_collections.ConfigDict`` with
 * ``data_scale``       – how images must be scaled before being fed to the prior;
 * ``checkpoint``       – default checkpoint path (relative to the repository root);
 * ``alt_names``        – other names under which the same file circulates;
-* ``num_params`` / ``num_tensors`` – of the released checkpoints (``None`` for the demo priors:
-  they are trained in this repository); a float32 checkpoint is ≈ ``4·num_params`` bytes.
+* ``num_params`` / ``num_tensors`` – of the released checkpoints and of the ``broad_*_64``
+  priors (``None`` for the first demo priors); a float32 checkpoint is ≈ ``4·num_params`` bytes.
 
 The released DDS checkpoints (``AAPM256_1M``, ``fastmri_knee_320_complex_1m``) were verified
 against the manifests of the released files (see ``tests/test_adm_reference.py``).
@@ -105,6 +105,32 @@ _RAW = {
                         "README calls it fastmri_brain_320_complex_1m.pth, same file). "
                         "320//16 = 20 is not a down-sampling factor: only the middle block "
                         "has attention."),
+    },
+    # The broad_* entries come before demo_*: they have the same network, and the checkpoint
+    # loader's "which config fits" hint names the last exactly matching entry (the demo prior).
+    "broad_ct_64": {
+        "model": _adm(64, 1, False, 32, 1, (1, 2, 2, 2), "16", 4, -1),
+        "is_complex": False,
+        "data_scale": _CT_SCALE,
+        "checkpoint": "models/priors/broad_ct_64.pt",
+        "alt_names": [],
+        "num_params": 1_913_569,
+        "num_tensors": 252,
+        "description": ("Small CPU-trained CT prior (64x64, same network as demo_ct_64), trained "
+                        "with geometric/intensity augmentation and region-level hold-outs "
+                        "(models/priors/README.md)."),
+    },
+    "broad_mri_64": {
+        "model": _adm(64, 2, False, 32, 1, (1, 2, 2, 2), "16", 4, -1),
+        "is_complex": True,
+        "data_scale": _MRI_SCALE,
+        "checkpoint": "models/priors/broad_mri_64.pt",
+        "alt_names": [],
+        "num_params": 1_914_146,
+        "num_tensors": 252,
+        "description": ("Small CPU-trained complex MRI prior (64x64, same network as demo_mri_64), "
+                        "trained on more subjects/templates with augmentation "
+                        "(models/priors/README.md)."),
     },
     "demo_ct_64": {
         "model": _adm(64, 1, False, 32, 1, (1, 2, 2, 2), "16", 4, -1),

@@ -326,3 +326,118 @@ def test_split_logic():
         prepare_data.check_split([11], held, 5)
     with pytest.raises(ValueError, match="contiguous"):
         prepare_data.check_split([0], [10, 12], 5)
+
+
+# ----------------------------------------------------------------------------------------------
+# val_samples / ood_samples and the hold-outs of the broad priors
+# ----------------------------------------------------------------------------------------------
+VAL, OOD = ROOT / "val_samples", ROOT / "ood_samples"
+
+
+def _sample_manifest(root):
+    with open(root / "manifest.json") as f:
+        return json.load(f)
+
+
+@pytest.mark.parametrize("root", [VAL, OOD], ids=["val", "ood"])
+def test_shipped_val_and_ood_samples(root):
+    import hashlib
+
+    from physics.coils import synthetic_coil_maps
+
+    man = _sample_manifest(root)
+    n = man["sample_resolution"][0]
+    assert n == 64
+    rows = {r["file"]: r for r in man["samples"]}
+    files = sorted(str(p.relative_to(root)) for p in root.rglob("*.npy") if "/mps/" not in str(p))
+    assert files == sorted(rows), "manifest and folder disagree"
+    for mod in ("CT", "MRI"):
+        samples = load_dds_folder(root, mod)
+        assert len(samples) >= 6
+        for s in samples:
+            r = next(r for r in rows.values() if r["modality"] == mod and f"{r['volume']}/{r['name']}" == s.name)
+            a = np.load(root / r["file"])
+            assert hashlib.sha256(a.tobytes()).hexdigest() == r["sha256"]
+            assert r["licence"] and r["source"] and r["package"]
+            x = s.x_ref
+            assert x.shape == (n, n)
+            if mod == "CT":
+                assert x.dtype == torch.float32 and float(x.min()) >= 0 and float(x.max()) <= 1
+                assert float((x > 0.2).float().mean()) > 0.05   # a head, not an empty slice
+                continue
+            assert x.dtype == torch.complex64 and 0.9 < float(x.abs().max()) <= 1.05
+            assert float(x.angle()[x.abs() > 0.2].std()) > 0.05  # complex, with a phase
+            S = s.sens_maps
+            assert S.shape == (8, n, n) and S.dtype == torch.complex64
+            m2 = (S.abs() ** 2).sum(0)
+            if r["maps"] == "synthetic":
+                torch.testing.assert_close(S, synthetic_coil_maps(8, n, n, seed=r["maps_seed"]).to(torch.complex64))
+            else:
+                assert r["maps"] == "espirit"
+                inside = x.abs() > 0.1 * float(x.abs().max())
+                assert float((m2[inside] - 1).abs().median()) < 0.05      # Σ|S|² ≈ 1 on the object
+                # the image is the coil combination of the maps: no signal where the maps vanish
+                out = x.abs()[m2 < 1e-6]
+                assert out.numel() == 0 or float(out.max()) < 1e-6
+
+
+def test_val_and_ood_are_disjoint_from_training_and_test():
+    """Slice-level: the ID validation slices are held-out slices of the training volumes that are
+    not in indist_samples; scan/region-level: the OOD volumes are not the validation volumes, and
+    the broad CT prior's training slices keep GAP slices from every held-out block."""
+    val, ood, ind = _sample_manifest(VAL), _sample_manifest(OOD), json.loads((SAMPLES / "manifest.json").read_text())
+    ct_held = ind["volumes"]["CT/cranium"]["heldout_slices"]
+    mr_held = ind["volumes"]["MRI/colin27"]["heldout_slices"]
+    for r in val["samples"]:
+        if r["volume"] == "cranium_heldout":
+            assert r["slice"] in ct_held and r["slice"] not in ind["volumes"]["CT/cranium"]["sample_slices"]
+        if r["volume"] == "colin27_heldout":
+            assert r["slice"] in mr_held and r["slice"] not in ind["volumes"]["MRI/colin27"]["sample_slices"]
+    val_vols = {(r["modality"], r["volume"]) for r in val["samples"]}
+    ood_vols = {(r["modality"], r["volume"]) for r in ood["samples"]}
+    assert not val_vols & ood_vols
+    val_src = {r["source"] for r in val["samples"] if r["modality"] == "MRI"}
+    assert not val_src & {r["source"] for r in ood["samples"] if r["modality"] == "MRI"}
+    assert {r["maps"] for r in ood["samples"] if r["modality"] == "MRI"} == {"espirit"}
+    # CT: one scan only, so the broad prior holds out whole regions (with a gap) for val / OOD
+    blocks = val["broad_prior_training_excludes"]["CT"]["cranium_heldout_blocks"]
+    gap = val["broad_prior_training_excludes"]["CT"]["gap"]
+    train = prepare_data.split_indices_blocks(range(101), blocks, gap)
+    for r in val["samples"] + ood["samples"]:
+        if r["modality"] == "CT":
+            assert any(r["slice"] in b for b in blocks)
+            assert min(abs(r["slice"] - k) for k in train) > gap
+    assert set(prepare_data.CT_OOD) <= set(prepare_data.CT_OOD_BLOCK)
+    assert set(prepare_data.CT_VAL_REGION) <= set(prepare_data.CT_VAL_BLOCK)
+
+
+def test_split_indices_blocks():
+    train = prepare_data.split_indices_blocks(range(40), [range(0, 4), range(20, 24)], gap=2)
+    assert train == list(range(6, 18)) + list(range(26, 40))   # |k - block| > gap
+    with pytest.raises(ValueError, match="contiguous"):
+        prepare_data.split_indices_blocks(range(40), [[1, 3]], gap=2)
+
+
+def test_resize_to_and_downsample():
+    img = np.arange(12.0).reshape(3, 4)
+    up = prepare_data.resize_to(img, 8)
+    assert up.shape == (8, 8) and up.min() >= 0
+    big = np.ones((40, 20))
+    down = prepare_data.resize_to(big, 10)
+    np.testing.assert_allclose(down[:, 3:7], 1.0)          # the centred non-square image
+    np.testing.assert_allclose(down[:, :2], 0.0)           # zero padding left and right
+    z = (np.ones((8, 8)) * (1 + 2j)).astype(np.complex64)
+    d = prepare_data.downsample(z, 4)
+    assert d.dtype == np.complex64 and np.allclose(d, 1 + 2j)
+
+
+def test_espirit_from_image_on_a_phantom():
+    x = np.zeros((32, 32), np.complex64)
+    x[6:26, 8:24] = _phantom(20, 16, 2)
+    maps, x_ref = prepare_data.espirit_from_image(x, seed=3, calib_width=16)
+    assert maps.shape == (8, 32, 32) and maps.dtype == np.complex64 and x_ref.dtype == np.complex64
+    inside = np.abs(x) > 0.2
+    np.testing.assert_allclose(np.abs(x_ref)[inside], np.abs(x)[inside], atol=0.05)
+    m2 = (np.abs(maps) ** 2).sum(0)
+    assert np.abs(m2[inside] - 1).max() < 0.05
+    assert (m2[:2] < 1e-6).all()                           # maps vanish in the empty border
