@@ -33,7 +33,13 @@ class Result:
 
 
 def check_measurements(y: torch.Tensor) -> None:
-    """Raise a clear ``ValueError`` when the measurements contain NaN or Inf."""
+    """Raise a clear ``ValueError`` when the measurements are not a float/complex torch tensor
+    (e.g. a numpy array) or contain NaN or Inf."""
+    if not isinstance(y, torch.Tensor):
+        raise ValueError(f"measurements y must be a torch.Tensor, got {type(y).__module__}.{type(y).__name__}; "
+                         "convert with torch.from_numpy(y) (or torch.as_tensor(y))")
+    if not (y.is_floating_point() or y.is_complex()):
+        raise ValueError(f"measurements y must be a float or complex tensor, got dtype {y.dtype}")
     if not torch.isfinite(torch.view_as_real(y) if torch.is_complex(y) else y).all():
         raise ValueError(
             "measurements y contain NaN or Inf values; check the data file / noise level "

@@ -53,7 +53,8 @@ from physics import finite_checks
 from solvers import perf as perf_policy
 from solvers.base import (Callback, Result, check_measurements, check_seeds, image_support, notify, per_slice_callbacks,
                           restrict_to_support, slice_results)
-from solvers.common import deterministic_mode, finite_per_slice, progress_bar, resolve_config
+from solvers.common import (DIP_COMMON_RANGES, check_ranges, deterministic_mode, finite_per_slice, progress_bar,
+                            resolve_config)
 from solvers.engines import StepEngine, StepResult, make_engine
 from utils.complex import from_channels, to_channels
 from utils.rng import NoiseStreams
@@ -117,6 +118,9 @@ class DIPSolver:
     name = "dip-base"
     #: ``solvers.make_solver`` hands ``perf`` to solvers that take it
     takes_perf = True
+    #: ``{field: solvers.common.Range}`` of the variant's own numeric fields (checked on construction,
+    #: after ``solvers.common.DIP_COMMON_RANGES``)
+    RANGES: dict = {}
 
     @staticmethod
     def default_config():
@@ -131,11 +135,13 @@ class DIPSolver:
         self.perf = perf_policy.validate(perf)
         if self.cfg.reduction not in REDUCTIONS:
             raise ValueError(f"unknown reduction {self.cfg.reduction!r}; choose one of {REDUCTIONS}")
+        check_ranges(self.cfg, DIP_COMMON_RANGES)
+        check_ranges(self.cfg, type(self).RANGES)
         self._validate()
 
     # ------------------------------------------------------------------ the variant's hooks
     def _validate(self) -> None:
-        """Raise ``ValueError`` for an invalid ``self.cfg``."""
+        """Raise ``ValueError`` for an invalid ``self.cfg`` beyond the ranges of ``RANGES``."""
 
     def iterations(self) -> tuple[int, int]:
         """``(K, N)``: outer iterations and optimiser steps per outer iteration."""

@@ -17,7 +17,8 @@ prior and the seeds, and its ``__call__`` does the rest the same way for every m
 A subclass sets ``method`` (its name), ``steps_field`` (the config field holding the number of
 reverse steps) and ``log_keys``, and implements ``default_config``, ``sample`` (call its sampler
 function), ``log_values`` (the per-slice ``[B]`` quantities to log from a step's dict) and
-``log_image`` (the image handed to callbacks); ``check_config`` validates its own fields.
+``log_image`` (the image handed to callbacks); ``RANGES`` (``{field: solvers.common.Range}``)
+states the valid range of each of its numeric fields and ``check_config`` validates the rest.
 
 Logging: every ``log_every`` steps and at the last step, ``history`` gets ``step`` (0-based),
 ``t`` and the batch mean of each ``log_keys`` value; slice ``b``'s own values go to its history
@@ -38,7 +39,7 @@ from models.diffusion import DiffusionSchedule
 from solvers.base import (Callback, Result, check_measurements, check_seeds, image_support, notify_slices,
                           per_slice_callbacks, restrict_to_support, slice_results)
 from solvers.cg import batch_dot
-from solvers.common import resolve_config
+from solvers.common import Range, check_ranges, resolve_config
 from solvers.sampling import dds_timesteps
 from utils.rng import NoiseStreams
 
@@ -152,17 +153,22 @@ class DMSolver:
     method = "DM"
     steps_field = "num_steps"
     log_keys: tuple[str, ...] = ("residual",)
+    #: valid ranges of the numeric fields every DM config has (a subclass adds its own)
+    RANGES = {"eta": Range(0, 1), "log_every": Range(1, integer=True)}
 
     def __init__(self, cfg=None, denoiser=None, seed: int = 0, device=None,
                  seeds: Optional[Sequence[int]] = None):
         cfg = resolve_config(self.default_config(), cfg)
-        if not 0.0 <= float(cfg.eta) <= 1.0:
-            raise ValueError(f"eta must be in [0, 1], got {cfg.eta}")
+        check_ranges(cfg, {**DMSolver.RANGES, **type(self).RANGES})
         self.check_config(cfg)
         if denoiser is None:
             raise ValueError(f"{self.method} needs a denoiser (models.denoiser.Denoiser)")
         if not isinstance(getattr(denoiser, "schedule", None), DiffusionSchedule):
             raise ValueError("denoiser must have a .schedule that is a models.diffusion.DiffusionSchedule")
+        T = int(denoiser.schedule.num_steps)
+        if int(cfg[self.steps_field]) > T:
+            raise ValueError(f"{self.steps_field} must be in [1, {T}] (the prior has T={T} diffusion steps), "
+                             f"got {cfg[self.steps_field]}")
         self.cfg = cfg
         self.denoiser = denoiser
         self.seed = int(seed)
