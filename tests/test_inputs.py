@@ -25,6 +25,22 @@ def test_area_resample_of_a_constant_is_that_constant(n, N):
     np.testing.assert_allclose(out, 0.3141, rtol=0, atol=1e-12)
 
 
+def test_non_square_slices_are_padded_to_a_square_before_resampling():
+    """The aspect ratio is kept: a 64×32 CT slice becomes the 64×64 slice padded with its minimum
+    (air) on both sides, then resampled; an MRI slice is zero-padded alike, maps too."""
+    a = np.random.default_rng(1).random((64, 32)) + 0.2
+    padded = np.full((64, 64), a.min())
+    padded[:, 16:48] = a
+    np.testing.assert_allclose(resize_area(a, 32), resize_area(padded, 32), atol=1e-12)
+    x = torch.from_numpy(a).to(torch.complex64)
+    xp = torch.zeros(64, 64, dtype=torch.complex64)
+    xp[:, 16:48] = x
+    torch.testing.assert_close(kspace_resample(x, 32), kspace_resample(xp, 32))
+    _, mr = resample_mri(x, torch.ones(2, 64, 32, dtype=torch.complex64), 32)
+    assert mr.shape == (2, 32, 32)
+    assert float(mr[:, :, :6].abs().max()) == 0 and float(mr[:, :, 10:22].abs().min()) == 1  # support = the data
+
+
 def test_area_resample_by_an_integer_factor_is_the_block_mean():
     a = np.random.default_rng(0).random((12, 12))
     np.testing.assert_allclose(resize_area(a, 4), a.reshape(4, 3, 4, 3).mean(axis=(1, 3)), atol=1e-12)

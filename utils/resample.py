@@ -18,6 +18,9 @@
   the object) they stay zero outside the support sampled at the same positions (nearest), so the
   operator's image support follows the object.
 
+A non-square slice is first centre-padded to a square (CT with its minimum value, i.e. air; MRI
+images and maps with zeros), so resampling never changes the aspect ratio.
+
 Pure functions of numpy arrays / torch tensors; no project state.
 """
 from __future__ import annotations
@@ -31,10 +34,15 @@ __all__ = ["resize_area", "kspace_resample", "resample_smooth", "resample_mri", 
 
 
 def resize_area(img: np.ndarray, size: int) -> np.ndarray:
-    """Area (box-average) resampling of a real 2-D array to ``size × size`` (float64)."""
+    """Area (box-average) resampling of a real 2-D array to ``size × size`` (float64; a non-square
+    array is first centre-padded to a square with its minimum)."""
     import torch.nn.functional as F
 
-    t = torch.as_tensor(np.ascontiguousarray(img), dtype=torch.float64)[None, None]
+    t = torch.as_tensor(np.ascontiguousarray(img), dtype=torch.float64)
+    if t.shape[0] != t.shape[1]:
+        n, low = max(t.shape), t.min()
+        t = centre_crop_or_pad(t - low, n, n) + low
+    t = t[None, None]
     return F.interpolate(t, size=(int(size), int(size)), mode="area")[0, 0].numpy()
 
 
@@ -62,6 +70,9 @@ def kspace_resample(x: torch.Tensor, size: int) -> torch.Tensor:
 
     if not torch.is_complex(x):
         raise ValueError(f"kspace_resample needs a complex image, got dtype {x.dtype}")
+    if x.shape[-2] != x.shape[-1]:                  # zero-pad to a square first (aspect ratio kept)
+        n = max(x.shape[-2:])
+        x = centre_crop_or_pad(x, n, n)
     H, W = x.shape[-2:]
     if (H, W) == (size, size):
         return x
@@ -103,6 +114,9 @@ def resample_mri(x: torch.Tensor, maps: Optional[torch.Tensor], size: int
     xr = kspace_resample(x, size).to(x.dtype)
     if maps is None:
         return xr, None
+    if maps.shape[-2] != maps.shape[-1]:            # zero-padded like the image
+        n = max(maps.shape[-2:])
+        maps = centre_crop_or_pad(maps, n, n)
     mr = resample_smooth(maps, size)
     energy = (maps.abs() ** 2).sum(0)
     if bool((energy <= 0).any()):                   # maps with a support: keep it (nearest samples)
