@@ -33,7 +33,13 @@ class Result:
 
 
 def check_measurements(y: torch.Tensor) -> None:
-    """Raise a clear ``ValueError`` when the measurements contain NaN or Inf."""
+    """Raise a clear ``ValueError`` when the measurements are not a float/complex torch tensor
+    (e.g. a numpy array) or contain NaN or Inf."""
+    if not isinstance(y, torch.Tensor):
+        raise ValueError(f"measurements y must be a torch.Tensor, got {type(y).__module__}.{type(y).__name__}; "
+                         "convert with torch.from_numpy(y) (or torch.as_tensor(y))")
+    if not (y.is_floating_point() or y.is_complex()):
+        raise ValueError(f"measurements y must be a float or complex tensor, got dtype {y.dtype}")
     if not torch.isfinite(torch.view_as_real(y) if torch.is_complex(y) else y).all():
         raise ValueError(
             "measurements y contain NaN or Inf values; check the data file / noise level "
@@ -46,6 +52,30 @@ def notify(callback: Optional[Callback], step: int, x_hat: torch.Tensor, info: d
     """Call ``callback`` (if any) with a detached copy of the estimate and ``x_gt`` in ``info``."""
     if callback is not None:
         callback(step, x_hat.detach(), {**info, "x_gt": x_gt})
+
+
+class SolverBase:
+    """What every solver class declares besides its call: the modalities it reconstructs, the
+    valid ranges of its numeric config fields and, for a configuration that assumes exact
+    measurements, why (checked before a run starts)."""
+
+    #: modalities the method reconstructs (``physics.modality``)
+    modalities: tuple[str, ...] = ("MRI", "CT")
+    #: ``{field: solvers.common.Range}`` of the class's own numeric config fields; a solver's full
+    #: table (:meth:`config_ranges`) merges those of its base classes, checked on construction
+    RANGES: dict = {}
+
+    @classmethod
+    def config_ranges(cls) -> dict:
+        """Every numeric field's valid range: the ``RANGES`` of the class and its bases."""
+        table: dict = {}
+        for k in reversed(cls.__mro__):
+            table.update(vars(k).get("RANGES", {}))
+        return table
+
+    def noiseless_assumption(self) -> Optional[str]:
+        """Why the configured method assumes noiseless data (``None``: it does not)."""
+        return None
 
 
 # ------------------------------------------------------------------ batches of slices

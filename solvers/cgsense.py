@@ -25,7 +25,8 @@ import ml_collections
 import torch
 
 from solvers.cg import batch_dot, conjugate_gradient
-from solvers.classical import ClassicalSolver, check_float
+from solvers.classical import ClassicalSolver
+from solvers.common import Range
 
 __all__ = ["CGSense", "default_config", "METHODS"]
 
@@ -62,12 +63,11 @@ class CGSense(ClassicalSolver):
     method = "CG-SENSE"
     default_config = staticmethod(default_config)
 
+    RANGES = {"relax": Range(0, 2, lo_open=True, hi_open=True)}     # SIRT diverges at 2
+
     def check_config(self, cfg) -> None:
         if cfg.method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}, got {cfg.method!r}")
-        check_float(cfg.relax, "relax", 0.0, 2.0, open_low=True)
-        if float(cfg.relax) == 2.0:
-            raise ValueError(f"relax must be in (0, 2) (SIRT diverges at 2), got {cfg.relax!r}")
 
     def check_problem(self, y, physics) -> None:
         super().check_problem(y, physics)

@@ -19,52 +19,29 @@ device=None, seeds=None)``; ``solver(y [B,...], physics, x_gt=None, callback=Non
   or a list of ``B`` per-slice callables, as for the other solvers.
 
 A subclass sets ``method``, ``modalities`` and ``default_config``, and implements
-``check_config`` (its own fields; ``num_iters``, ``log_every`` and ``progress`` are checked here),
+``RANGES`` (its numeric fields) and ``check_config`` (its other fields; ``num_iters``, ``log_every``
+and ``progress`` are checked here),
 ``solve(y, physics, support, log) -> (x, extra)`` (calling ``log.tick(k, x, values)`` after
 iteration ``k``; ``extra``: method-specific ``Result.info`` entries) and ``objective(x, y, physics)``
 (``[B]``).
 """
 from __future__ import annotations
 
-import math
 from typing import Callable, Optional, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
-from solvers.base import (Callback, Result, batch_result, check_measurements, check_seeds, image_support,
+from solvers.base import (Callback, Result, SolverBase, batch_result, check_measurements, check_seeds, image_support,
                           notify_slices, per_slice_callbacks, record_step, restrict_to_support)
 from solvers.cg import batch_dot
-from solvers.common import resolve_config
+from solvers.common import Range, check_ranges, resolve_config
 from solvers.dm_common import relative_residual
 
-__all__ = ["ClassicalSolver", "IterLog", "operator_norm", "check_int", "check_float", "MAX_ITERS"]
+__all__ = ["ClassicalSolver", "IterLog", "operator_norm", "MAX_ITERS"]
 
 #: Upper bound of every iteration-count field (a typo guard: 10⁵ iterations is hours on a CPU).
 MAX_ITERS = 100_000
-
-
-def check_int(value, name: str, low: int, high: Optional[int] = None) -> int:
-    """``value`` as an int in ``[low, high]``, else a one-line ``ValueError`` naming the field."""
-    if isinstance(value, bool) or not isinstance(value, int) and not (isinstance(value, float) and value.is_integer()):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    v = int(value)
-    if v < low or (high is not None and v > high):
-        bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
-        raise ValueError(f"{name} must be an integer {bound}, got {value!r}")
-    return v
-
-
-def check_float(value, name: str, low: float = 0.0, high: float = math.inf, open_low: bool = False) -> float:
-    """``value`` as a finite float in ``[low, high]`` (``(low, high]`` with ``open_low``)."""
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, got {value!r}") from None
-    if isinstance(value, bool) or not math.isfinite(v) or v > high or v < low or (open_low and v == low):
-        lo = "(" if open_low else "["
-        raise ValueError(f"{name} must be a finite number in {lo}{low:g}, {high:g}], got {value!r}")
-    return v
 
 
 def operator_norm(physics, like: torch.Tensor, num_iters: int = 50) -> torch.Tensor:
@@ -130,19 +107,18 @@ class IterLog:
         return batch_result(x, self.history, self.histories, info, seeds)
 
 
-class ClassicalSolver:
+class ClassicalSolver(SolverBase):
     """Base of the classical baselines (module docstring)."""
 
     method = "classical"
-    #: modalities the method reconstructs (``physics.modality``)
-    modalities: tuple[str, ...] = ("MRI", "CT")
     log_keys: tuple[str, ...] = ("residual", "objective")
+    #: valid ranges of the numeric fields every classical config has (a subclass adds its own)
+    RANGES = {"num_iters": Range(1, MAX_ITERS, integer=True), "log_every": Range(1, integer=True)}
 
     def __init__(self, cfg=None, denoiser=None, seed: int = 0, device=None,
                  seeds: Optional[Sequence[int]] = None):
         cfg = resolve_config(self.default_config(), cfg)
-        check_int(cfg.num_iters, "num_iters", 1, MAX_ITERS)
-        check_int(cfg.log_every, "log_every", 1)
+        check_ranges(cfg, type(self).config_ranges())
         if not isinstance(cfg.progress, bool):
             raise ValueError(f"progress must be True or False, got {cfg.progress!r}")
         self.check_config(cfg)

@@ -53,13 +53,13 @@ product per slice and its tolerance exit freezes converged slices, so batch mate
 """
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import ml_collections
 import torch
 
 from solvers.cg import conjugate_gradient
+from solvers.common import Range
 from solvers.dm_common import DMSolver, relative_residual
 from solvers.sampling import sample_dds
 
@@ -72,19 +72,20 @@ DDS_CG_ATOL = 1e-5
 def default_config() -> ml_collections.ConfigDict:
     """Default DDS configuration (provenance of each value in the comments)."""
     cfg = ml_collections.ConfigDict()
-    # Number of network evaluations (respaced reverse steps); DDS default (--T_sampling 50).
+    # Number of network evaluations (respaced reverse steps), in [1, T] (T = 1000 for the shipped
+    # priors); DDS default (--T_sampling 50).
     cfg.nfe = 50
-    # DDIM stochasticity η; DDS default (--eta 0.85).
+    # DDIM stochasticity η in [0, 1]; DDS default (--eta 0.85).
     cfg.eta = 0.85
-    # CG iterations per step; DDS default (--CG_iter 5).
+    # CG iterations per step, in [1, 1000]; DDS default (--CG_iter 5).
     cfg.num_cg = 5
-    # Relative tolerance of the inner CG (0 = always run num_cg iterations). Our knob.
+    # Relative tolerance of the inner CG, >= 0 (0 = always run num_cg iterations). Our knob.
     cfg.cg_tol = 0.0
     # "proximal": (I + γ′AᴴA)x = x̂₀ + γ′Aᴴy (DDS's --sigma_y > 0 branch, the one its evaluation
     # scripts run for MRI and CT); "krylov": CG on AᴴA x = Aᴴy from x̂₀, noiseless data only
     # (DDS's --sigma_y 0 branch; it runs for CT only).
     cfg.dc_mode = "proximal"
-    # Proximal weight γ on DDS's scale; DDS default (--gamma 1.0). Unused for "krylov".
+    # Proximal weight γ >= 0 on DDS's scale; DDS default (--gamma 1.0). Unused for "krylov".
     cfg.gamma = 1.0
     # "dds": γ′ = γ·π/(2V) for CT (DDS's AT is π/(2V)·back-projection), γ for MRI;
     # "adjoint": γ′ = γ with the exact adjoint (this project's earlier convention).
@@ -93,7 +94,7 @@ def default_config() -> ml_collections.ConfigDict:
     cfg.compat = False
     # ε used in the DDIM update: "network" (DDS) or "dc" (recomputed from x̂₀'; ablation only).
     cfg.eps_source = "network"
-    # Logging (our choice): callback + history every `log_every` steps (and at the last step).
+    # Logging (our choice): callback + history every `log_every` >= 1 steps (and at the last step).
     cfg.log_every = 10
     # tqdm progress bar.
     cfg.progress = True
@@ -117,6 +118,8 @@ class DDS(DMSolver):
     steps_field = "nfe"
     log_keys = ("residual", "residual_tweedie")
     default_config = staticmethod(default_config)
+    RANGES = {"nfe": Range(1, integer=True), "num_cg": Range(1, 1000, integer=True), "cg_tol": Range(0),
+              "gamma": Range(0)}
 
     def check_config(self, cfg) -> None:
         if cfg.dc_mode not in ("proximal", "krylov"):
@@ -125,8 +128,11 @@ class DDS(DMSolver):
             raise ValueError(f"eps_source must be 'network' or 'dc', got {cfg.eps_source!r}")
         if cfg.gamma_scale not in ("dds", "adjoint"):
             raise ValueError(f"gamma_scale must be 'dds' or 'adjoint', got {cfg.gamma_scale!r}")
-        if not (float(cfg.gamma) >= 0 and math.isfinite(float(cfg.gamma))):
-            raise ValueError(f"gamma must be a finite number >= 0, got {cfg.gamma}")
+
+    def noiseless_assumption(self) -> Optional[str]:
+        if self.cfg.dc_mode == "krylov":
+            return "dds with dc_mode='krylov' fits y as closely as num_cg iterations allow, noise included"
+        return None
 
     def data_consistency(self, x0_hat: torch.Tensor, y: torch.Tensor, physics,
                          ATy: Optional[torch.Tensor] = None) -> torch.Tensor:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from solvers.common import dip_common_defaults
+from solvers.common import Range, dip_common_defaults
 from solvers.dip_loop import DIPProblem, DIPSolver
 
 INPUT_KINDS = ("uniform", "normal")
@@ -25,13 +25,18 @@ def default_config():
 
     cfg = dip_common_defaults()
     cfg.update(
-        num_steps=2000,        # total Adam steps; = K·N of the aSeqDIP/uDiG-DIP defaults. Our choice.
+        num_steps=2000,        # total Adam steps, >= 1; = K·N of the aSeqDIP/uDiG-DIP defaults. Our choice.
         input_kind="uniform",  # z ~ U(0, input_scale) ("uniform") or N(0, input_scale²) ("normal"). DIP paper: U(0, 0.1).
-        input_scale=0.1,       # see input_kind. DIP paper (0.1).
-        input_channels=32,     # channels of the noise input. DIP paper (32).
-        input_noise_std=0.0,   # σ_p per-step input perturbation (0 = off). Our choice.
+        input_scale=0.1,       # see input_kind, > 0. DIP paper (0.1).
+        input_channels=32,     # channels of the noise input, in [1, 4096]. DIP paper (32).
+        input_noise_std=0.0,   # σ_p >= 0, per-step input perturbation (0 = off). Our choice.
     )
     return ml_collections.ConfigDict(cfg)
+
+
+#: valid ranges of vanilla DIP's own numeric fields
+RANGES = {"num_steps": Range(1, integer=True), "input_scale": Range(0, lo_open=True),
+          "input_channels": Range(1, 4096, integer=True), "input_noise_std": Range(0)}
 
 
 class VanillaDIP(DIPSolver):
@@ -39,12 +44,11 @@ class VanillaDIP(DIPSolver):
 
     name = "dip"
     default_config = staticmethod(default_config)
+    RANGES = RANGES
 
     def _validate(self) -> None:
         if self.cfg.input_kind not in INPUT_KINDS:
             raise ValueError(f"unknown input_kind {self.cfg.input_kind!r}; choose one of {INPUT_KINDS}")
-        if int(self.cfg.num_steps) < 1:
-            raise ValueError("num_steps must be >= 1")
 
     def iterations(self) -> tuple[int, int]:
         return 1, int(self.cfg.num_steps)

@@ -51,9 +51,10 @@ import torch.nn as nn
 
 from physics import finite_checks
 from solvers import perf as perf_policy
-from solvers.base import (Callback, Result, check_measurements, check_seeds, image_support, notify, per_slice_callbacks,
+from solvers.base import (Callback, Result, SolverBase, check_measurements, check_seeds, image_support, notify, per_slice_callbacks,
                           restrict_to_support, slice_results)
-from solvers.common import deterministic_mode, finite_per_slice, progress_bar, resolve_config
+from solvers.common import (DIP_COMMON_RANGES, check_ranges, deterministic_mode, finite_per_slice, progress_bar,
+                            resolve_config)
 from solvers.engines import StepEngine, StepResult, make_engine
 from utils.complex import from_channels, to_channels
 from utils.rng import NoiseStreams
@@ -105,7 +106,7 @@ class DIPProblem:
         return int(self.y.shape[0])
 
 
-class DIPSolver:
+class DIPSolver(SolverBase):
     """The DIP loop (:meth:`__call__`) and the hooks a variant overrides.
 
     ``Solver(cfg=None, denoiser=None, seed=0, device=None, seeds=None, perf=None)``: ``cfg``
@@ -117,6 +118,8 @@ class DIPSolver:
     name = "dip-base"
     #: ``solvers.make_solver`` hands ``perf`` to solvers that take it
     takes_perf = True
+    #: the fields every DIP variant shares (a variant's ``RANGES`` adds its own)
+    RANGES = DIP_COMMON_RANGES
 
     @staticmethod
     def default_config():
@@ -131,11 +134,12 @@ class DIPSolver:
         self.perf = perf_policy.validate(perf)
         if self.cfg.reduction not in REDUCTIONS:
             raise ValueError(f"unknown reduction {self.cfg.reduction!r}; choose one of {REDUCTIONS}")
+        check_ranges(self.cfg, type(self).config_ranges())
         self._validate()
 
     # ------------------------------------------------------------------ the variant's hooks
     def _validate(self) -> None:
-        """Raise ``ValueError`` for an invalid ``self.cfg``."""
+        """Raise ``ValueError`` for an invalid ``self.cfg`` beyond the ranges of ``RANGES``."""
 
     def iterations(self) -> tuple[int, int]:
         """``(K, N)``: outer iterations and optimiser steps per outer iteration."""

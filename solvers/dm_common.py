@@ -17,7 +17,8 @@ prior and the seeds, and its ``__call__`` does the rest the same way for every m
 A subclass sets ``method`` (its name), ``steps_field`` (the config field holding the number of
 reverse steps) and ``log_keys``, and implements ``default_config``, ``sample`` (call its sampler
 function), ``log_values`` (the per-slice ``[B]`` quantities to log from a step's dict) and
-``log_image`` (the image handed to callbacks); ``check_config`` validates its own fields.
+``log_image`` (the image handed to callbacks); ``RANGES`` (``{field: solvers.common.Range}``)
+states the valid range of each of its numeric fields and ``check_config`` validates the rest.
 
 Logging: every ``log_every`` steps and at the last step, ``history`` gets ``step`` (0-based),
 ``t`` and the batch mean of each ``log_keys`` value; slice ``b``'s own values go to its history
@@ -28,8 +29,6 @@ Logging: every ``log_every`` steps and at the last step, ``history`` gets ``step
 """
 from __future__ import annotations
 
-import math
-import numbers
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Optional, Sequence
 
@@ -37,14 +36,14 @@ import torch
 from tqdm.auto import tqdm
 
 from models.diffusion import DiffusionSchedule
-from solvers.base import (Callback, Result, batch_result, check_measurements, check_seeds, image_support,
+from solvers.base import (Callback, Result, SolverBase, batch_result, check_measurements, check_seeds, image_support,
                           notify_slices, per_slice_callbacks, record_step, restrict_to_support)
 from solvers.cg import batch_dot
-from solvers.common import resolve_config
+from solvers.common import Range, check_ranges, resolve_config
 from solvers.sampling import dds_timesteps
 from utils.rng import NoiseStreams
 
-__all__ = ["Problem", "prepare", "slice_noise", "relative_residual", "check_number", "check_steps", "StepLog", "DMSolver"]
+__all__ = ["Problem", "prepare", "slice_noise", "relative_residual", "check_steps", "StepLog", "DMSolver"]
 
 
 @dataclass
@@ -95,22 +94,6 @@ def relative_residual(physics, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor
     return torch.sqrt(batch_dot(r, r) / batch_dot(y, y).clamp_min(torch.finfo(torch.float32).tiny))
 
 
-def check_number(cfg, name: str, lo: float = -math.inf, hi: float = math.inf, integer: bool = False,
-                 lo_open: bool = False, hi_open: bool = False) -> None:
-    """``cfg[name]`` must be a finite number (an ``int`` when ``integer``) in the interval ``lo..hi``
-    (``lo_open`` / ``hi_open``: bound excluded); else a one-line ``ValueError`` naming the field."""
-    v = cfg[name]
-    left, right = "(" if lo_open else "[", ")" if hi_open else "]"
-    want = f"{'an integer' if integer else 'a number'} in {left}{lo:g}, {hi:g}{right}"
-    ok = isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
-    if ok and integer:
-        ok = float(v).is_integer()
-    if ok:
-        ok = (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
-    if not ok:
-        raise ValueError(f"{name} must be {want}, got {v!r}")
-
-
 def check_steps(solver: "DMSolver") -> None:
     """The solver's number of steps (``cfg[solver.steps_field]``) fits its prior's chain (else a
     ``ValueError`` naming the field)."""
@@ -155,7 +138,7 @@ class StepLog:
         return batch_result(x, self.history, self.histories, info, seeds)
 
 
-class DMSolver:
+class DMSolver(SolverBase):
     """Base of the DM baseline solvers: ``Solver(cfg=None, denoiser=None, seed=0, device=None,
     seeds=None)``, ``solver(y [B,...], physics, x_gt=None, callback=None) -> Result``.
 
@@ -168,17 +151,22 @@ class DMSolver:
     method = "DM"
     steps_field = "num_steps"
     log_keys: tuple[str, ...] = ("residual",)
+    #: valid ranges of the numeric fields every DM config has (a subclass adds its own)
+    RANGES = {"eta": Range(0, 1), "log_every": Range(1, integer=True)}
 
     def __init__(self, cfg=None, denoiser=None, seed: int = 0, device=None,
                  seeds: Optional[Sequence[int]] = None):
         cfg = resolve_config(self.default_config(), cfg)
-        if not 0.0 <= float(cfg.eta) <= 1.0:
-            raise ValueError(f"eta must be in [0, 1], got {cfg.eta}")
+        check_ranges(cfg, type(self).config_ranges())
         self.check_config(cfg)
         if denoiser is None:
             raise ValueError(f"{self.method} needs a denoiser (models.denoiser.Denoiser)")
         if not isinstance(getattr(denoiser, "schedule", None), DiffusionSchedule):
             raise ValueError("denoiser must have a .schedule that is a models.diffusion.DiffusionSchedule")
+        T = int(denoiser.schedule.num_steps)
+        if int(cfg[self.steps_field]) > T:
+            raise ValueError(f"{self.steps_field} must be in [1, {T}] (the prior has T={T} diffusion steps), "
+                             f"got {cfg[self.steps_field]}")
         self.cfg = cfg
         self.denoiser = denoiser
         self.seed = int(seed)

@@ -31,6 +31,7 @@ import ml_collections
 import torch
 
 from solvers.cg import batch_dot
+from solvers.common import Range
 from solvers.dm_common import DMSolver
 from solvers.sampling import sample_dps
 
@@ -40,15 +41,15 @@ __all__ = ["DPS", "default_config"]
 def default_config() -> ml_collections.ConfigDict:
     """Default DPS configuration (provenance of each value in the comments)."""
     cfg = ml_collections.ConfigDict()
-    # Respaced reverse steps (= NFEs, each with a backward pass). DPS paper: 1000. Ours: 100,
+    # Respaced reverse steps (= NFEs, each with a backward pass), in [1, T]. DPS paper: 1000. Ours: 100,
     # for compute reasons (see module docstring) — not the paper's setting.
     cfg.num_steps = 100
-    # η = 1: ancestral DDPM sampling as in DPS (η = 0 gives deterministic DDIM + guidance).
+    # η in [0, 1]; 1: ancestral DDPM sampling as in DPS (η = 0 gives deterministic DDIM + guidance).
     cfg.eta = 1.0
-    # Guidance step ζ' multiplying ∇‖y − A x̂₀‖ (DPS code's `scale`; paper uses 0.1–1.0 for
+    # Guidance step ζ' >= 0 multiplying ∇‖y − A x̂₀‖ (DPS code's `scale`; paper uses 0.1–1.0 for
     # 1000 steps on FFHQ/ImageNet). Our default 1.0; must be tuned per task and step count.
     cfg.zeta = 1.0
-    # Logging (our choice).
+    # Logging (our choice): every log_every >= 1 steps.
     cfg.log_every = 10
     cfg.progress = True
     return cfg
@@ -68,10 +69,7 @@ class DPS(DMSolver):
     steps_field = "num_steps"
     log_keys = ("residual",)
     default_config = staticmethod(default_config)
-
-    def check_config(self, cfg) -> None:
-        if cfg.zeta < 0:
-            raise ValueError(f"zeta must be >= 0, got {cfg.zeta}")
+    RANGES = {"num_steps": Range(1, integer=True), "zeta": Range(0)}
 
     def sample(self, problem, x, timesteps, noise, callback):
         def loss(x0: torch.Tensor) -> torch.Tensor:

@@ -28,7 +28,8 @@ import ml_collections
 import numpy as np
 import torch
 
-from solvers.classical import ClassicalSolver, check_float, check_int, operator_norm
+from solvers.classical import ClassicalSolver, operator_norm
+from solvers.common import Range
 
 __all__ = ["L1Wavelet", "default_config", "sigpy_problem"]
 
@@ -79,9 +80,9 @@ class L1Wavelet(ClassicalSolver):
     modalities = ("MRI",)
     default_config = staticmethod(default_config)
 
+    RANGES = {"lam": Range(0), "power_iters": Range(1, 10_000, integer=True)}
+
     def check_config(self, cfg) -> None:
-        check_float(cfg.lam, "lam", 0.0)
-        check_int(cfg.power_iters, "power_iters", 1, 10_000)
         import pywt
 
         if cfg.wave_name not in pywt.wavelist(kind="discrete"):

@@ -71,12 +71,15 @@ backward pass per step for the whole batch). Logged: ``residual`` = ``‖A x̂�
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import ml_collections
 import torch
 
 from solvers.cg import conjugate_gradient
 from solvers.dds import gamma_weight
-from solvers.dm_common import DMSolver, check_number, check_steps, relative_residual
+from solvers.common import Range
+from solvers.dm_common import DMSolver, check_steps, relative_residual
 from solvers.sampling import sample_mcg
 
 __all__ = ["MCG", "default_config", "DC_MODES", "WEIGHTINGS"]
@@ -141,14 +144,17 @@ class MCG(DMSolver):
         super().__init__(cfg, denoiser, seed, device, seeds)
         check_steps(self)
 
+    RANGES = {"num_steps": Range(1, integer=True), "alpha": Range(0), "num_cg": Range(1, 1000, integer=True),
+              "lam_start": Range(0, 2, lo_open=True, hi_open=True), "lam_end": Range(0, 2, lo_open=True, hi_open=True),
+              "gamma": Range(0, lo_open=True)}
+
+    def noiseless_assumption(self) -> Optional[str]:
+        if self.cfg.dc_mode in ("projection", "kaczmarz"):
+            return (f"mcg with dc_mode={self.cfg.dc_mode!r} projects onto the measurement set y = A x "
+                    "(noise included); use dc_mode='proximal' for noisy data")
+        return None
+
     def check_config(self, cfg) -> None:
-        check_number(cfg, "num_steps", 1, integer=True)
-        check_number(cfg, "alpha", 0.0)
-        check_number(cfg, "num_cg", 1, integer=True)
-        check_number(cfg, "lam_start", 0.0, 2.0, lo_open=True, hi_open=True)
-        check_number(cfg, "lam_end", 0.0, 2.0, lo_open=True, hi_open=True)
-        check_number(cfg, "gamma", 0.0, lo_open=True)
-        check_number(cfg, "log_every", 1, integer=True)
         for name, choices in (("dc_mode", DC_MODES), ("weighting", WEIGHTINGS), ("gamma_scale", ("dds", "adjoint"))):
             if cfg[name] not in choices:
                 raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {cfg[name]!r}")

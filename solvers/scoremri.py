@@ -74,7 +74,8 @@ from __future__ import annotations
 import ml_collections
 import torch
 
-from solvers.dm_common import DMSolver, check_number, check_steps, relative_residual
+from solvers.common import Range
+from solvers.dm_common import DMSolver, check_steps, relative_residual
 from solvers.sampling import sample_scoremri
 
 __all__ = ["ScoreMRI", "default_config"]
@@ -108,6 +109,7 @@ class ScoreMRI(DMSolver):
     ``ScoreMRI(...)(y, physics, x_gt=None, callback=None) -> Result`` (module docstring)."""
 
     method = "ScoreMRI"
+    modalities = ("MRI",)
     steps_field = "num_steps"
     log_keys = ("residual", "step_size")
     default_config = staticmethod(default_config)
@@ -119,12 +121,8 @@ class ScoreMRI(DMSolver):
                              "mcg or dds (--solver=mcg)")
         check_steps(self)
 
-    def check_config(self, cfg) -> None:
-        check_number(cfg, "num_steps", 1, integer=True)
-        check_number(cfg, "n_corrector", 0, integer=True)
-        check_number(cfg, "snr", 0.0, lo_open=True)
-        check_number(cfg, "lam", 0.0, 2.0, hi_open=True)
-        check_number(cfg, "log_every", 1, integer=True)
+    RANGES = {"num_steps": Range(1, integer=True), "n_corrector": Range(0, integer=True),
+              "snr": Range(0, lo_open=True), "lam": Range(0, 2, hi_open=True)}
 
     def data_consistency(self, x: torch.Tensor, y: torch.Tensor, physics, t: int) -> torch.Tensor:
         """``x + λ·Aᴴ(√ᾱ_t·y − A x)`` for an iterate ``x`` ``[B,H,W]`` at noise level ``t``."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from solvers.common import dip_common_defaults, initial_input
+from solvers.common import Range, dip_common_defaults, initial_input
 from solvers.dip_loop import DIPProblem, DIPSolver
 
 OUTPUTS = ("f_of_z", "last_fit")
@@ -25,13 +25,17 @@ def default_config():
 
     cfg = dip_common_defaults()
     cfg.update(
-        num_outer=500,     # K, outer iterations (input updates). Our choice.
-        inner_steps=4,     # N, Adam steps on θ per outer iteration (warm-started). Our choice.
-        lam=1.0,           # λ, weight of the autoencoding term ‖f_θ(z) − z‖² (with reduction="mean"). Our choice.
+        num_outer=500,     # K, outer iterations (input updates), >= 1. Our choice.
+        inner_steps=4,     # N, Adam steps on θ per outer iteration (warm-started), >= 1. Our choice.
+        lam=1.0,           # λ >= 0, weight of the autoencoding term ‖f_θ(z) − z‖² (with reduction="mean"). Our choice.
         z0="input_image",  # z₀: "input_image" (Aᴴy MRI / FBP CT) | "adjoint" | "fbp" | "zeros". Paper (z₀ from the measurements); exact variant our choice.
         output="f_of_z",   # "f_of_z": return f_θ(z_K); "last_fit": f_θ(z_{K-1}) from step (1). Our choice.
     )
     return ml_collections.ConfigDict(cfg)
+
+
+#: valid ranges of aSeqDIP's own numeric fields (the shared ones: solvers.common.DIP_COMMON_RANGES)
+RANGES = {"num_outer": Range(1, integer=True), "inner_steps": Range(1, integer=True), "lam": Range(0)}
 
 
 class SeqDIP(DIPSolver):
@@ -39,13 +43,12 @@ class SeqDIP(DIPSolver):
 
     name = "aseqdip"
     default_config = staticmethod(default_config)
+    RANGES = RANGES
 
     def _validate(self) -> None:
         c = self.cfg
         if c.output not in OUTPUTS:
             raise ValueError(f"unknown output {c.output!r}; choose one of {OUTPUTS}")
-        if int(c.num_outer) < 1 or int(c.inner_steps) < 1:
-            raise ValueError("num_outer and inner_steps must be >= 1")
 
     def iterations(self) -> tuple[int, int]:
         return int(self.cfg.num_outer), int(self.cfg.inner_steps)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from solvers.common import dip_common_defaults, initial_input
+from solvers.common import Range, dip_common_defaults, initial_input
 from solvers.dip_loop import DIPProblem, DIPSolver
 from utils.complex import from_channels, to_channels
 
@@ -29,15 +29,21 @@ def default_config():
 
     cfg = dip_common_defaults()
     cfg.update(
-        num_steps=2000,    # total joint Adam steps; = K·N of the aSeqDIP/uDiG-DIP defaults. Our choice.
-        lam=1.0,           # λ of ‖x̄ − z‖² (reduction="mean"). Our choice.
-        z_lr=1e-4,         # Adam learning rate of the input z. Our choice.
-        noise_std=0.05,    # σ of the input perturbation η. Our choice.
-        num_samples=2,     # Monte-Carlo samples of η per step. Our choice.
-        eval_samples=8,    # samples for the returned E_η[f_θ(z+η)]. Our choice.
+        num_steps=2000,    # total joint Adam steps, >= 1; = K·N of the aSeqDIP/uDiG-DIP defaults. Our choice.
+        lam=1.0,           # λ >= 0 of ‖x̄ − z‖² (reduction="mean"). Our choice.
+        z_lr=1e-4,         # Adam learning rate of the input z, in (0, 10]. Our choice.
+        noise_std=0.05,    # σ >= 0 of the input perturbation η. Our choice.
+        num_samples=2,     # Monte-Carlo samples of η per step, in [1, 1024]. Our choice.
+        eval_samples=8,    # samples for the returned E_η[f_θ(z+η)], in [1, 1024]. Our choice.
         z0="input_image",  # initial z: "input_image" | "adjoint" | "fbp" | "zeros". Our choice.
     )
     return ml_collections.ConfigDict(cfg)
+
+
+#: valid ranges of self-guided DIP's own numeric fields
+RANGES = {"num_steps": Range(1, integer=True), "lam": Range(0), "z_lr": Range(0, 10, lo_open=True),
+          "noise_std": Range(0), "num_samples": Range(1, 1024, integer=True),
+          "eval_samples": Range(1, 1024, integer=True)}
 
 
 class SelfGuidedDIP(DIPSolver):
@@ -45,12 +51,7 @@ class SelfGuidedDIP(DIPSolver):
 
     name = "sgdip"
     default_config = staticmethod(default_config)
-
-    def _validate(self) -> None:
-        if int(self.cfg.num_samples) < 1 or int(self.cfg.eval_samples) < 1:
-            raise ValueError("num_samples and eval_samples must be >= 1")
-        if int(self.cfg.num_steps) < 1:
-            raise ValueError("num_steps must be >= 1")
+    RANGES = RANGES
 
     def iterations(self) -> tuple[int, int]:
         return 1, int(self.cfg.num_steps)

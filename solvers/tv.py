@@ -42,7 +42,8 @@ import ml_collections
 import torch
 
 from solvers.cg import batch_dot
-from solvers.classical import ClassicalSolver, check_float, check_int, operator_norm
+from solvers.classical import ClassicalSolver, operator_norm
+from solvers.common import Range
 
 __all__ = ["TV", "default_config", "gradient", "gradient_adjoint", "tv_norm"]
 
@@ -111,10 +112,10 @@ class TV(ClassicalSolver):
     method = "TV"
     default_config = staticmethod(default_config)
 
+    RANGES = {"lam": Range(0), "power_iters": Range(1, 10_000, integer=True),
+              "step_ratio": Range(0, 1e6, lo_open=True)}
+
     def check_config(self, cfg) -> None:
-        check_float(cfg.lam, "lam", 0.0)
-        check_int(cfg.power_iters, "power_iters", 1, 10_000)
-        check_float(cfg.step_ratio, "step_ratio", 0.0, 1e6, open_low=True)
         if not isinstance(cfg.adaptive, bool):
             raise ValueError(f"adaptive must be True or False, got {cfg.adaptive!r}")
 

@@ -33,6 +33,8 @@ from typing import Callable
 import torch
 
 from solvers.dip_loop import DIPProblem
+from solvers.common import Range
+from solvers.seqdip import RANGES as SEQDIP_RANGES
 from solvers.seqdip import SeqDIP, default_config as seqdip_default_config
 
 T_SCHEDULES = ("linear", "cosine", "geometric")
@@ -45,15 +47,22 @@ def default_config():
     cfg = seqdip_default_config()
     cfg.update(dict(
         t_schedule="linear",  # t_k decay: "linear" | "cosine" | "geometric". Our choice.
-        t_start=200,          # t_k at the first purification (raw step of a T=1000 schedule). Our choice.
-        t_end=10,             # t_k at the last purification. Our choice.
-        reverse_steps=1,      # denoising steps of DP (1 = one Tweedie step). Our choice.
-        eta=0.0,              # DDIM η for reverse_steps > 1. Our choice.
-        purify_start=0,       # first outer iteration (0-based) with purification. Our choice.
-        purify_stop=400,      # purification for k in [purify_start, purify_stop); None → K. Our choice.
+        t_start=200,          # t_k at the first purification, in [0, T−1] (raw step; T = 1000 for the shipped priors). Our choice.
+        t_end=10,             # t_k at the last purification, in [0, t_start] (>= 1 for "geometric"). Our choice.
+        reverse_steps=1,      # denoising steps of DP, in [1, t_start + 1] (1 = one Tweedie step). Our choice.
+        eta=0.0,              # DDIM η in [0, 1] for reverse_steps > 1. Our choice.
+        purify_start=0,       # first outer iteration (0-based) with purification, in [0, purify_stop]. Our choice.
+        purify_stop=400,      # purification for k in [purify_start, purify_stop), <= num_outer; None → K. Our choice.
         purify_normalize=False,  # divide by max|x| per image before DP and rescale after. Our choice.
     ))
     return cfg
+
+
+#: valid ranges of uDiG-DIP's numeric fields (with aSeqDIP's; relations between fields and the
+#: prior's number of steps T are checked in ``UDiGDIP._validate``)
+RANGES = {**SEQDIP_RANGES, "t_start": Range(0, integer=True), "t_end": Range(0, integer=True),
+          "reverse_steps": Range(1, integer=True), "eta": Range(0, 1), "purify_start": Range(0, integer=True),
+          "purify_stop": Range(0, integer=True, none_ok=True)}
 
 
 def purification_timesteps(kind: str, t_start: int, t_end: int, n: int) -> list[int]:
@@ -107,10 +116,18 @@ class UDiGDIP(SeqDIP):
 
     name = "udig_dip"
     default_config = staticmethod(default_config)
+    RANGES = RANGES
 
     def _validate(self) -> None:
         super()._validate()
         c = self.cfg
+        T = getattr(getattr(self.denoiser, "schedule", None), "num_steps", None)
+        if T is not None and int(c.t_start) > int(T) - 1:
+            raise ValueError(f"t_start must be in [0, {int(T) - 1}] (the prior has T={int(T)} diffusion steps), "
+                             f"got {c.t_start}")
+        if int(c.reverse_steps) > int(c.t_start) + 1:
+            raise ValueError(f"reverse_steps must be in [1, t_start + 1] = [1, {int(c.t_start) + 1}], "
+                             f"got {c.reverse_steps}")
         stop = c.num_outer if c.purify_stop is None else c.purify_stop
         if not 0 <= int(c.purify_start) <= int(stop) <= int(c.num_outer):
             raise ValueError(f"need 0 <= purify_start <= purify_stop <= num_outer, got "

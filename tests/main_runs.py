@@ -27,9 +27,8 @@ TINY = [
     "--config.solver_cfg.dds.nfe=2",
     "--config.solver_cfg.dds.log_every=1",
     "--config.solver_cfg.dds.progress=False",
-    # the demo config's per-modality settings (1000 / 600 DIP steps) win over solver_cfg
-    *(f"--config.modality_overrides.{m}.udigdip.{k}={v}" for m in ("MRI", "CT")
-      for k, v in (("num_outer", 2), ("inner_steps", 1), ("purify_stop", 2))),
+    # (these --config.solver_cfg values also replace the demo config file's per-modality settings,
+    # modality_overrides.{MRI,CT}.udigdip: the command line wins)
 ]
 SOLVERS = ("udigdip", "dds")
 SLICE_FILES = ("recon.npy", "recon.png", "comparison.png", "curves.csv", "curves.png",
@@ -40,6 +39,35 @@ def run_env():
     env = dict(os.environ)
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", MPLBACKEND="Agg", PYTHONUNBUFFERED="1")
     return env
+
+
+def run_all(cases: dict, workers: int = 2, timeout: float = 600) -> dict:
+    """``{name: args}`` → ``{name: CompletedProcess}`` of ``python main.py *args``, ``workers`` at a
+    time, each in a fresh child of one process that imported torch and the project once
+    (``tests/cli_batch.py``; for short runs such as refused command lines)."""
+    import json
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        jobs = [{"name": n, "args": list(a), "stdout": f"{tmp}/{i}.out", "stderr": f"{tmp}/{i}.err"}
+                for i, (n, a) in enumerate(cases.items())]
+        proc = subprocess.run([PY, "-m", "tests.cli_batch"], cwd=ROOT, env={**run_env(), "CLI_BATCH_WORKERS": str(workers)},
+                              input=json.dumps(jobs), capture_output=True, text=True, timeout=timeout)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+        codes = json.loads(proc.stdout.strip().splitlines()[-1])
+        return {j["name"]: subprocess.CompletedProcess([PY, "main.py", *j["args"]], codes[j["name"]],
+                                                       Path(j["stdout"]).read_text(), Path(j["stderr"]).read_text())
+                for j in jobs}
+
+
+class Finished:
+    """A command line run by :func:`run_all`, with the ``rc`` / ``output`` / ``wait()`` of :class:`Run`."""
+
+    def __init__(self, done: subprocess.CompletedProcess):
+        self.args, self.rc, self.output = list(done.args[2:]), done.returncode, done.stdout + done.stderr
+
+    def wait(self, timeout: float = 0) -> "Finished":
+        return self
 
 
 class Run:
@@ -94,9 +122,9 @@ def slice_key(deg: str, index: int = 0) -> str:
 
 
 def slice_dir(run_dir: Path, solver: str, slice_name: str) -> Path:
-    from utils.run_dir import safe_name
+    from utils.run_dir import RunDir
 
-    return run_dir / "slices" / safe_name(solver) / safe_name(slice_name)
+    return run_dir / RunDir.slice_folder(solver, slice_name)
 
 
 def file_state(folder: Path) -> dict:

@@ -199,9 +199,20 @@ def test_aapm_npy(tmp_path):
     assert len(out) == 3 and out[2].name == "stack/002" and out[0].modality == "CT"
     np.testing.assert_array_equal(out[1].x_ref.numpy(), stack[1])
     assert len(load_aapm_npy(tmp_path / "one.npy")) == 1
-    hu = load_aapm_npy(tmp_path / "stack.npy", units="hu")
-    np.testing.assert_allclose(hu[0].x_ref.numpy(), hu_to_unit(stack[0]), atol=1e-7)
+    # the same stack in HU (window [-1000, 2000] ↔ [0, 1]) reads back as the unit stack
+    np.save(tmp_path / "stack_hu.npy", stack * 3000.0 - 1000.0)
+    hu = load_aapm_npy(tmp_path / "stack_hu.npy", units="hu")
+    np.testing.assert_allclose(hu[0].x_ref.numpy(), stack[0], atol=1e-6)
+    np.testing.assert_allclose(hu[0].x_ref.numpy(), hu_to_unit(stack[0] * 3000.0 - 1000.0), atol=1e-7)
+    # a units mismatch is refused both ways, naming the setting that fixes it
+    with pytest.raises(ValueError, match="units='hu'.*--config.data.units=hu"):
+        load_aapm_npy(tmp_path / "stack_hu.npy")
+    with pytest.raises(ValueError, match="units='unit'.*--config.data.units=unit"):
+        load_aapm_npy(tmp_path / "stack.npy", units="hu")
     assert load_aapm_npy(tmp_path / "stack.npy", size=8)[0].x_ref.shape == (8, 8)
+    assert [s.name for s in load_aapm_npy(tmp_path / "stack.npy", slices=[2, 0])] == ["stack/002", "stack/000"]
+    with pytest.raises(ValueError, match="out of range.*--config.data.slices"):
+        load_aapm_npy(tmp_path / "stack.npy", slices=[3])
     np.save(tmp_path / "c.npy", stack.astype(np.complex64))
     with pytest.raises(ValueError, match="real"):
         load_aapm_npy(tmp_path / "c.npy")
@@ -213,22 +224,27 @@ def test_aapm_npy(tmp_path):
 
 
 def test_dicom_ct_and_mr(tmp_path):
+    """DICOM CT → HU → [0, 1]; a series sorted by InstanceNumber; MR magnitude → complex (our own
+    fixture, tests/dicom_fixture.py, made from a shipped slice)."""
     import pydicom
-    from pydicom.data import get_testdata_file
 
-    src = get_testdata_file("CT_small.dcm")
-    ds = pydicom.dcmread(src)
-    out = load_dicom(src)
+    from tests.dicom_fixture import FIXTURE, source_hu, write_ct_dicom
+
+    ds = pydicom.dcmread(FIXTURE)
+    out = load_dicom(FIXTURE)
     assert len(out) == 1 and out[0].modality == "CT"
     hu = ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
-    assert out[0].x_ref.shape == ds.pixel_array.shape and out[0].x_ref.dtype == torch.float32
+    np.testing.assert_allclose(hu, source_hu(), atol=0.5 + 1e-9)       # 16-bit rounding of the HU values
+    assert out[0].x_ref.shape == ds.pixel_array.shape == (128, 128) and out[0].x_ref.dtype == torch.float32
     np.testing.assert_allclose(out[0].x_ref.numpy(), hu_to_unit(hu), atol=1e-6)
+    # area averaging back to 64² gives the shipped 64² slice it was made from (HU rounding: 0.5/3000)
+    small = load_dicom(FIXTURE, size=64)[0].x_ref.numpy()
+    np.testing.assert_allclose(small, np.load(ROOT / "indist_samples/CT/cranium/048.npy"), atol=0.5 / 3000 + 1e-6)
     # a folder of two slices, sorted by InstanceNumber, one of them re-labelled MR
     d = tmp_path / "series"
     d.mkdir()
     for inst, name in ((2, "a.dcm"), (1, "b.dcm")):
-        ds.InstanceNumber = inst
-        ds.save_as(d / name)
+        write_ct_dicom(d / name, source_hu(), instance=inst, uid_suffix=str(inst))
     (d / "notes.txt").write_text("not dicom")
     series = load_dicom(d)
     assert [s.meta["file"].endswith(n) for s, n in zip(series, ("b.dcm", "a.dcm"))] == [True, True]
@@ -241,10 +257,11 @@ def test_dicom_ct_and_mr(tmp_path):
     mr_ph = load_dicom(tmp_path / "mr.dcm", phase_seed=4)[0]
     torch.testing.assert_close(mr_ph.x_ref.abs(), mr.x_ref.abs(), atol=1e-6, rtol=0)
     assert float(mr_ph.x_ref.angle().abs().max()) > 0.1
+    assert load_dicom(tmp_path / "mr.dcm", size=64)[0].x_ref.shape == (64, 64)
     with pytest.raises(FileNotFoundError):
         load_dicom(tmp_path / "nothing")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="empty"):
+    with pytest.raises(ValueError, match="holds no files"):
         load_dicom(tmp_path / "empty")
     with pytest.raises(ValueError, match="DICOM"):
         load_dicom(d / "notes.txt")

@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 import torch
 
-from tests.main_runs import (PY, ROOT, SLICE_FILES, SOLVERS, TINY, Run, file_state, main_args, metrics_rows,
-                             ref_image, run_env, slice_dir, slice_key)
+from tests.main_runs import (PY, ROOT, SLICE_FILES, SOLVERS, TINY, Finished, Run, file_state, main_args, metrics_rows,
+                             ref_image, run_all, run_env, slice_dir, slice_key)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -116,6 +116,13 @@ def test_run_writes_complete_outputs(runs, key, deg):
     cfg = json.loads((run_dir / "config.json").read_text())
     assert cfg["deg"] == deg and cfg["solvers"] == "udigdip,dds"
     assert cfg["solver_cfg"]["udigdip"]["num_outer"] == 2
+    # the command line wins over the demo config file's per-modality values (60 / 100 outer
+    # iterations there): they are gone from the saved config, and the run took K·N = 2 steps
+    for m in ("MRI", "CT"):
+        assert not {"num_outer", "inner_steps", "purify_stop"} & set(cfg["modality_overrides"][m]["udigdip"])
+        assert cfg["modality_overrides"][m]["udigdip"]["lam"] in (0.1, 3.0)      # the others stay
+    with open(slice_dir(run_dir, "udigdip", slice_name) / "curves.csv", newline="") as f:
+        assert [int(float(c["step"])) for c in csv.DictReader(f)] == [1, 2]
     assert list(cfg["solver_cfg"]["udigdip"]["net"]["channels"]) == [8, 8, 8, 8]
     assert cfg["data"]["max_slices"] == 1
     meta = json.loads((run_dir / "meta.json").read_text())
@@ -273,6 +280,30 @@ def test_resume_skips_finished_slices(runs, tmp_path):
     assert len(meta.get("resumes", [])) == 1
 
 
+def test_resume_as_in_the_readme_recomputes_what_is_missing(runs, tmp_path):
+    """``python main.py --resume=<run>`` and nothing else (the README's example) finishes a run with
+    its stored config: a slice whose folder is gone and a slice whose ``DONE`` has no
+    ``result.json`` are both computed again — bit-identical to the first time — and both are in
+    metrics.csv (nothing is dropped silently)."""
+    src = runs["mri_a"].run_dir
+    run_dir = tmp_path / src.name
+    shutil.copytree(src, run_dir)
+    sl = slice_key("MRI-multi")
+    (slice_dir(run_dir, "udigdip", sl) / "result.json").unlink()           # DONE without result.json
+    shutil.rmtree(slice_dir(run_dir, "dds", sl))                            # an unfinished slice
+    r = Run([f"--resume={run_dir}"], tmp_path.parent / f"{tmp_path.name}_readme.txt").ok()
+    assert r.run_dir == run_dir and sorted(p.name for p in tmp_path.iterdir()) == [run_dir.name]
+    assert "DONE marker without a readable result.json" in r.output
+    rows = metrics_rows(run_dir)
+    assert sorted((x["solver"], x["slice"]) for x in rows) == sorted((s, sl) for s in SOLVERS)
+    for s in SOLVERS:
+        d = slice_dir(run_dir, s, sl)
+        assert all((d / f).is_file() for f in SLICE_FILES)
+        assert np.load(d / "recon.npy").tobytes() == np.load(slice_dir(src, s, sl) / "recon.npy").tobytes(), s
+    assert json.loads((run_dir / "config.json").read_text()) == json.loads((src / "config.json").read_text())
+    assert len(json.loads((run_dir / "meta.json").read_text()).get("resumes", [])) == 1
+
+
 def test_resume_with_different_config_is_refused(runs, tmp_path):
     src = runs["mri_a"].run_dir
     run_dir = tmp_path / src.name
@@ -323,19 +354,14 @@ ERROR_CASES = {
 def error_runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("main_errors")
     nan = _nan_dds_folder(tmp / "nan_dds")
-    out = {}
+    cases = {}
     for name, (extra, _) in ERROR_CASES.items():
         if name == "cuda_missing" and torch.cuda.is_available():
             continue
-        workdir = tmp / f"work_{name}"
         args = [a.format(tmp=tmp, nan=nan) for a in extra]
         # TINY comes first so the case's own flags win (e.g. purify_stop)
-        out[name] = (Run([f"--workdir={workdir}", *TINY, *args], tmp / f"{name}.txt"), workdir)
-    yield out
-    for run, _ in out.values():
-        if run.proc.poll() is None:
-            run.proc.kill()
-            run.wait()
+        cases[name] = [f"--workdir={tmp / f'work_{name}'}", *TINY, *args]
+    return {name: (Finished(done), tmp / f"work_{name}") for name, done in run_all(cases).items()}
 
 
 @pytest.mark.parametrize("case", list(ERROR_CASES))
@@ -439,7 +465,7 @@ def test_resumed_run_equals_uninterrupted_run(runs, tmp_path):
 @pytest.mark.slow
 def test_torchrun_two_ranks_match_one_process(tmp_path):
     """Slices sharded over 2 torchrun ranks (CPU, gloo) land in ONE run folder whose metrics and
-    reconstructions equal a single-process run (seeds follow the global slice index)."""
+    reconstructions equal a single-process run (each slice's seed follows its name)."""
     args = ["--config=configs/demo_mri.py", "--solver=dds", "--config.solver_cfg.dds.nfe=3",
             "--config.solver_cfg.dds.progress=False", "--max_slices=3", f"--workdir={tmp_path}"]
     torchrun = Path(PY).with_name("torchrun")

@@ -1,5 +1,5 @@
 """End-to-end tests of ``main.py --batch_size`` (one batched solve per chunk of slices, resumable)
-and of the routing of single slices to the batched solver where CUDA graphs apply."""
+and of the one solve path every solver takes (a chunk's unfinished slices in one call)."""
 from __future__ import annotations
 
 import csv
@@ -11,24 +11,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.main_runs import PY, ROOT, SLICE_FILES, TINY, Run, file_state, metrics_rows, run_env, slice_dir, slice_key
+from tests.main_runs import (PY, ROOT, SLICE_FILES, TINY, Finished, Run, file_state, metrics_rows, run_all, run_env,
+                             slice_dir, slice_key)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------- 6. --batch_size (batched solves)
-#: Short uDiG-DIP / aSeqDIP runs on MRI: the demo config's ``modality_overrides.MRI`` (1000 DIP
-#: steps) would win over TINY's ``solver_cfg`` values, so they are overridden there (3×2 steps).
+#: Short uDiG-DIP / aSeqDIP / DIP runs on MRI (3×2 and 6 steps; the MRI-only
+#: ``modality_overrides`` flags win over TINY's ``solver_cfg`` values for MRI).
 BATCH_TINY = [
     *TINY, "--deg=MRI-multi", "--solver=udigdip,aseqdip,dip,dds", "--max_slices=3", "--seed=0",
     *(f"--config.solver_cfg.{n}.{k}={v}" for n in ("aseqdip", "dip")
       for k, v in (("net.channels", "(8,8,8,8)"), ("log_every", 1), ("disable_progress", True))),
-    "--config.modality_overrides.MRI.dip.num_steps=6",
+    "--config.solver_cfg.dip.num_steps=6",
     "--config.modality_overrides.MRI.udigdip.num_outer=3",
     "--config.modality_overrides.MRI.udigdip.inner_steps=2",
     "--config.modality_overrides.MRI.udigdip.purify_stop=3",
-    "--config.modality_overrides.MRI.aseqdip.num_outer=3",
-    "--config.modality_overrides.MRI.aseqdip.inner_steps=2",
+    "--config.solver_cfg.aseqdip.num_outer=3",
+    "--config.solver_cfg.aseqdip.inner_steps=2",
 ]
 BATCH_SOLVERS = ("udigdip", "aseqdip", "dip", "dds")
 
@@ -66,9 +67,9 @@ def test_batch_size_matches_one_at_a_time(batch_runs):
         ra = np.load(slice_dir(one, s, sl) / "recon.npy")
         rb = np.load(slice_dir(two, s, sl) / "recon.npy")
         if sl == names[2]:
-            # the chunk's lone slice: the one-at-a-time path, bit for bit
+            # the chunk's lone slice: a one-slice solve, bit for bit
             assert ra.tobytes() == rb.tobytes(), (s, sl)
-            assert "batch_size" not in _extra(two, s, sl)
+            assert _extra(two, s, sl)["batch_size"] == 1 and _extra(one, s, sl)["batch_size"] == 1
             continue
         ex = _extra(two, s, sl)
         assert ex["batch_size"] == 2 and ex["batch_slices"] == names[:2]
@@ -100,7 +101,7 @@ def test_batch_size_matches_one_at_a_time(batch_runs):
     out = batch_runs[2].output
     for s in BATCH_SOLVERS:
         assert f"{s}: 2 slices in one batched solve" in out
-    assert "one slice at a time" not in out
+    assert "cannot stack" not in out and "one at a time" not in out
 
 
 def test_resume_with_batches_runs_only_missing_slices(batch_runs, tmp_path):
@@ -143,13 +144,8 @@ def test_resume_with_batches_runs_only_missing_slices(batch_runs, tmp_path):
 def bad_batch_runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("bad_batch")
     cases = {"zero": "--batch_size=0", "negative": "--batch_size=-1", "config": "--config.batch_size=0"}
-    out = {k: (Run([f"--workdir={tmp / k}", *TINY, "--deg=SV-CT", "--solver=dds", a], tmp / f"{k}.txt"),
-               tmp / k) for k, a in cases.items()}
-    yield out
-    for run, _ in out.values():
-        if run.proc.poll() is None:
-            run.proc.kill()
-            run.wait()
+    done = run_all({k: [f"--workdir={tmp / k}", *TINY, "--deg=SV-CT", "--solver=dds", a] for k, a in cases.items()})
+    return {k: (Finished(d), tmp / k) for k, d in done.items()}
 
 
 @pytest.mark.parametrize("case", ["zero", "negative", "config"])
@@ -157,35 +153,35 @@ def test_bad_batch_size_clear_error(bad_batch_runs, case):
     run, workdir = bad_batch_runs[case]
     run.wait()
     assert run.rc != 0
-    assert "batch_size" in run.output and ">= 1" in run.output, run.output[-2000:]
+    assert "--batch_size must be an integer in [1, 4096]" in run.output, run.output[-2000:]
     assert "Traceback" not in run.output, run.output[-3000:]
     assert not workdir.exists() or not any(workdir.iterdir())
 
 
-# ------------------------------------------------------------- 7. CUDA graphs (config.perf.cuda_graph)
+# ------------------------------------------------------------- 7. one solve path for every solver
 _ROUTING_SCRIPT = r"""
 import ml_collections
 import run_lib as M
 from solvers.perf import parse_graph_mode
 
 calls = []
-M.prepare_slice = lambda cfg, deg, s, dev, seed: ("job", s, seed)
-M.solve_batch = lambda cfg, jobs, name, *a: calls.append(("batch", name, len(jobs)))
-M.solve_one = lambda cfg, job, name, *a: calls.append(("one", name, 1))
+M.prepare_slice = lambda cfg, deg, s, dev: type("J", (), {"name": s.name})()
+M.solve = lambda cfg, jobs, name, *a: calls.append((name, [j.name for j in jobs]))
 
 class RD:
-    def is_done(self, *a):
-        return False
+    done = {("dds", "MRI-multi_b")}
+    def is_done(self, name, key):
+        return (name, key) in self.done
 
-cfg = ml_collections.ConfigDict({"seed": 0, "perf": {"cuda_graph": "auto"}})
-assert not M.graph_path(cfg, "udigdip", "cpu")          # auto: off on CPU
-for graphs in (True, False):
+S = lambda n: type("S", (), {"name": n})()
+cfg = ml_collections.ConfigDict({"seed": 0})
+for chunk in ([S("a")], [S("a"), S("b"), S("c")]):
     calls.clear()
-    M.graph_path = lambda cfg, name, dev, g=graphs: g and name in M.PERF_SOLVERS
-    M.run_chunk(cfg, "MRI-multi", [(0, type("S", (), {"name": "a"})())], ["udigdip", "dds", "sgdip"],
-                None, "cpu", RD())
-    want = [("batch" if graphs else "one", "udigdip", 1), ("one", "dds", 1), ("batch" if graphs else "one", "sgdip", 1)]
-    assert calls == want, (graphs, calls)
+    M.run_chunk(cfg, "MRI-multi", chunk, ["udigdip", "dds", "sgdip"], None, "cpu", RD())
+    names = [s.name for s in chunk]
+    want = [("udigdip", names), ("dds", [n for n in names if n != "b"]), ("sgdip", names)]
+    assert calls == want, (chunk, calls)
+assert not hasattr(M, "BATCHED_SOLVERS") and not hasattr(M, "graph_path")
 assert [parse_graph_mode(v) for v in (True, "ON", "false", "auto", 0)] == ["on", "on", "off", "auto", "off"]
 try:
     parse_graph_mode("maybe")
@@ -196,10 +192,10 @@ print("ROUTING OK")
 """
 
 
-def test_cuda_graph_routing_sends_single_slices_to_the_batched_solver():
-    """Where CUDA graphs apply (``run_lib.graph_path``; "auto" = CUDA only), the DIP solvers go
-    through the batched solver even for a chunk of one slice; other solvers, and every solver
-    without graphs, one at a time.  (A subprocess, so no module state leaks into other tests.)"""
+def test_every_solver_solves_a_chunk_in_one_call():
+    """One path for every solver (DIP and DM alike, one slice or several): the chunk's unfinished
+    slices of each solver go to ONE ``run_lib.solve`` call (whether CUDA graphs are used is the
+    solver's own business, solvers/perf.py).  (A subprocess, so no module state leaks.)"""
     out = subprocess.run([PY, "-c", _ROUTING_SCRIPT], cwd=ROOT, env=run_env(), capture_output=True, text=True,
                          timeout=300)
     assert out.returncode == 0 and "ROUTING OK" in out.stdout, out.stdout[-2000:] + out.stderr[-3000:]

@@ -268,7 +268,8 @@ def test_runs_simulate_the_configured_noise(tmp_path):
         cfg.physics.noise, cfg.physics.noise_level = "relative", 0.05
     run_lib.plan_run(cfg)
     sample = load_dataset("indist_samples", "MRI")[0]
-    job = run_lib.prepare_slice(cfg, "MRI-multi", sample, torch.device("cpu"), seed=7)
+    job = run_lib.prepare_slice(cfg, "MRI-multi", sample, torch.device("cpu"))
     A = make_physics("MRI-multi", cfg.physics, sample)
-    expected = simulate_measurements(A, sample.x_ref[None], noise=RelativeGaussianNoise(0.05), seed=7)
+    seed = run_lib.slice_seed(cfg.seed, sample.name)        # the slice's own seed
+    expected = simulate_measurements(A, sample.x_ref[None], noise=RelativeGaussianNoise(0.05), seed=seed)
     assert torch.equal(job.y, expected) and not torch.equal(job.y, A(sample.x_ref[None]))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import matplotlib.image as mimage
 import numpy as np
@@ -218,6 +219,39 @@ def test_pngs_valid(tmp_path):
     assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*"))
     with pytest.raises(ValueError):
         plots.save_image_png(tmp_path / "bad.png", torch.zeros(2, 4, 4))
+
+
+def test_done_without_result_json_is_recomputed_not_dropped(tmp_path, caplog):
+    """A slice whose ``DONE`` exists but whose ``result.json`` is missing or unreadable is NOT
+    finished: it is reported, left out of the rebuilt metrics.csv and computed again; names that
+    a lossy folder name would merge get their own folders."""
+    slices = ["CT/a_b/c.npy", "CT/a/b_c.npy", "völ/1", "väl/1"]
+    rd = make_run_dir(tmp_path, name="done", write_meta=False)
+    _run(rd, slices)
+    assert len({rd.slice_dir("dip", n) for n in slices}) == 4
+    assert sorted(r["slice"] for r in rd.read_metrics()) == sorted(slices)
+    (rd.slice_dir("dip", "völ/1") / "result.json").unlink()
+    (rd.slice_dir("dip", "CT/a/b_c.npy") / "result.json").write_text("{torn")
+    with caplog.at_level("WARNING"):
+        rd2 = make_run_dir(tmp_path, resume=rd.path, write_meta=False)
+        assert sorted(r["slice"] for r in rd2.read_metrics()) == sorted(["CT/a_b/c.npy", "väl/1"])
+        assert not rd2.is_done("dip", "völ/1") and not rd2.is_done("dip", "CT/a/b_c.npy")
+    assert "without a readable result.json" in caplog.text
+    assert sorted(_run(rd2, slices)) == sorted(["völ/1", "CT/a/b_c.npy"])    # computed again
+    assert sorted(r["slice"] for r in rd2.read_metrics()) == sorted(slices)
+    assert all(rd2.is_done("dip", n) for n in slices)
+
+
+def test_run_folders_of_the_flat_layout_are_still_resumable(tmp_path):
+    """A run written when slice folders were ``safe_name(slice)`` (flat): its finished slices are
+    recognised by the slice name in their result.json, and only those."""
+    from utils.fileio import safe_name
+
+    rd = make_run_dir(tmp_path, name="old", write_meta=False)
+    _run(rd, ["vol/000"])
+    new, old = rd.slice_dir("dip", "vol/000"), rd.path / "slices" / "dip" / safe_name("vol/000")
+    shutil.move(str(new), str(old))
+    assert rd.is_done("dip", "vol/000") and not rd.is_done("dip", "vol_000")
 
 
 def test_save_slice_writes_all_files(tmp_path):

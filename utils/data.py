@@ -19,13 +19,23 @@ Scales (the project convention, see ARCHITECTURE.md)
   DICOM MR magnitude is divided by its max and returned with zero phase (or a smooth random
   phase with ``phase_seed``).
 
+Sizes: every reader takes ``size`` (``None`` = as stored): CT slices are area-averaged to
+``size × size`` in the image domain, MRI slices (and their coil maps) are resampled by centre-
+cropping / zero-padding k-space (same field of view, intensities preserved; ``utils/resample.py``);
+the fastMRI reader estimates its maps at the new size.
+
+CT units: ``.npy`` CT data (DDS folders, AAPM files) are read as ``units="unit"`` (already in the
+[0, 1] window) or ``units="hu"``; values far outside [0, 1] in ``"unit"`` mode (HU data) and HU
+mode on data that lie in [-1, 2] are refused with a message naming the other setting, never
+reconstructed silently.
+
 Errors: a missing file/folder raises ``FileNotFoundError``; an empty folder, a wrong dtype (e.g.
 a real MRI slice where a complex one is expected), a wrong shape or NaN/Inf raise ``ValueError``
-with the offending path and what was expected.
+with the offending path and what was expected.  Messages name the run-config field that changes
+the behaviour (``--config.data.<field>``) where there is one.
 """
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -33,10 +43,14 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 
-__all__ = ["Sample", "HU_MIN", "HU_MAX", "hu_to_unit", "load_dds_folder", "load_fastmri_h5",
-           "load_aapm_npy", "load_dicom", "load_dataset", "resize_area"]
+from utils.data_checks import (HU_MAX, HU_MIN, UNITS, check_finite, check_mri_slice, check_size, check_units,
+                               ct_to_unit, hu_to_unit, load_npy, require_dir, require_file)
+from utils.resample import centre_crop_or_pad, kspace_resample, resample_mri, resize_area
 
-HU_MIN, HU_MAX = -1000.0, 2000.0
+__all__ = ["Sample", "HU_MIN", "HU_MAX", "hu_to_unit", "load_dds_folder", "load_fastmri_h5",
+           "load_aapm_npy", "load_dicom", "load_dataset", "resize_area", "data_kind", "UNITS"]
+
+
 PathLike = Union[str, Path]
 
 
@@ -51,77 +65,11 @@ class Sample:
 
 
 # ----------------------------------------------------------------------------------------------
-# Helpers
-# ----------------------------------------------------------------------------------------------
-def hu_to_unit(hu):
-    """HU → [0, 1]: ``clip((HU + 1000) / 3000, 0, 1)`` (window [-1000, 2000] HU), float64 numpy."""
-    return np.clip((np.asarray(hu, dtype=np.float64) - HU_MIN) / (HU_MAX - HU_MIN), 0.0, 1.0)
-
-
-def resize_area(img: np.ndarray, size: int) -> np.ndarray:
-    """Area (box-average) resampling of a real 2-D array to ``size × size`` (float64)."""
-    import torch.nn.functional as F
-
-    t = torch.as_tensor(np.ascontiguousarray(img), dtype=torch.float64)[None, None]
-    return F.interpolate(t, size=(size, size), mode="area")[0, 0].numpy()
-
-
-def _require_dir(path: Path, what: str) -> Path:
-    if not path.exists():
-        raise FileNotFoundError(f"{what} not found: {path}")
-    if not path.is_dir():
-        raise ValueError(f"{what} must be a folder, got a file: {path}")
-    return path
-
-
-def _require_file(path: Path, what: str) -> Path:
-    if not path.exists():
-        raise FileNotFoundError(f"{what} not found: {path}")
-    if not path.is_file():
-        raise ValueError(f"{what} must be a file, got a folder: {path}")
-    return path
-
-
-def _check_finite(a: np.ndarray, path) -> None:
-    if not np.all(np.isfinite(a)):
-        raise ValueError(f"{path}: contains NaN or Inf values")
-
-
-def _load_npy(path: Path) -> np.ndarray:
-    try:
-        return np.load(path, allow_pickle=False)
-    except Exception as exc:  # truncated / not an npy file
-        raise ValueError(f"could not read {path} as a .npy array: {exc}") from exc
-
-
-def _check_mri_slice(a: np.ndarray, path) -> np.ndarray:
-    if not np.iscomplexobj(a):
-        raise ValueError(f"{path}: MRI slice must be complex [H, W], got real dtype {a.dtype} "
-                         "(store the complex image, e.g. magnitude * exp(1j * phase))")
-    if a.ndim != 2:
-        raise ValueError(f"{path}: MRI slice must be 2-D [H, W], got shape {a.shape}")
-    _check_finite(a, path)
-    return a.astype(np.complex64)
-
-
-def _check_ct_slice(a: np.ndarray, path) -> np.ndarray:
-    if np.iscomplexobj(a) or not np.issubdtype(a.dtype, np.number):
-        raise ValueError(f"{path}: CT slice must be real [H, W], got dtype {a.dtype}")
-    if a.ndim != 2:
-        raise ValueError(f"{path}: CT slice must be 2-D [H, W], got shape {a.shape}")
-    _check_finite(a, path)
-    a = a.astype(np.float32)
-    if a.min() < -1e-3 or a.max() > 1 + 1e-3:
-        warnings.warn(f"{path}: CT slice values [{a.min():.3g}, {a.max():.3g}] outside [0, 1]; "
-                      "the project expects the HU window of utils.data.hu_to_unit")
-    return a
-
-
-# ----------------------------------------------------------------------------------------------
 # DDS sample folders
 # ----------------------------------------------------------------------------------------------
 def load_dds_folder(root: PathLike, modality: str, volumes: Optional[Sequence[str]] = None,
-                    require_maps: bool = True, max_samples: Optional[int] = None) -> list[Sample]:
+                    require_maps: bool = True, max_samples: Optional[int] = None, size: Optional[int] = None,
+                    units: str = "unit") -> list[Sample]:
     """Read a DDS-style sample folder.
 
     Layout::
@@ -136,6 +84,8 @@ def load_dds_folder(root: PathLike, modality: str, volumes: Optional[Sequence[st
         volumes: restrict to these volume sub-folders (default: all, sorted).
         require_maps: MRI only; if False a missing ``mps`` file gives ``sens_maps=None``.
         max_samples: keep the first ``max_samples`` (sorted by volume, file name).
+        size: resample every slice to ``size × size`` (module docstring; ``None`` = as stored).
+        units: CT only, ``"unit"`` ([0, 1]) or ``"hu"`` (module docstring).
 
     Returns:
         samples sorted by (volume, file name); ``name = "<volume>/<stem>"``.
@@ -143,8 +93,10 @@ def load_dds_folder(root: PathLike, modality: str, volumes: Optional[Sequence[st
     modality = modality.upper()
     if modality not in ("MRI", "CT"):
         raise ValueError(f"modality must be 'MRI' or 'CT', got {modality!r}")
-    root = _require_dir(Path(root), "DDS sample folder")
-    base = _require_dir(root / modality, f"{modality} sub-folder of the DDS sample folder")
+    check_units(units)
+    size = check_size(size)
+    root = require_dir(Path(root), "DDS sample folder")
+    base = require_dir(root / modality, f"{modality} sub-folder of the DDS sample folder")
     vols = sorted(p.name for p in base.iterdir() if p.is_dir())
     if volumes is not None:
         missing = [v for v in volumes if v not in vols]
@@ -152,58 +104,64 @@ def load_dds_folder(root: PathLike, modality: str, volumes: Optional[Sequence[st
             raise FileNotFoundError(f"volumes {missing} not found in {base} (have {vols})")
         vols = list(volumes)
     if not vols:
-        raise ValueError(f"{base} contains no volume folders")
+        raise ValueError(f"{base} contains no volume folders (expected {base}/<volume>/"
+                         f"{'slice/' if modality == 'MRI' else ''}*.npy)")
     samples: list[Sample] = []
     for vol in vols:
+        if max_samples is not None and len(samples) >= max_samples:
+            break
         vdir = base / vol
         if modality == "MRI":
-            sdir = _require_dir(vdir / "slice", "MRI slice folder")
+            sdir = require_dir(vdir / "slice", "MRI slice folder")
             files = sorted(sdir.glob("*.npy"))
             if not files:
                 raise ValueError(f"{sdir} contains no .npy slices")
             for f in files:
-                x = _check_mri_slice(_load_npy(f), f)
+                x = check_mri_slice(load_npy(f), f)
                 mfile = vdir / "mps" / f.name
                 maps = None
                 if mfile.exists():
-                    m = _load_npy(mfile)
+                    m = load_npy(mfile)
                     if not np.iscomplexobj(m) or m.ndim != 3 or m.shape[1:] != x.shape:
                         raise ValueError(f"{mfile}: sensitivity maps must be complex [C, H, W] with "
                                          f"[H, W] = {x.shape}, got dtype {m.dtype} shape {m.shape}")
-                    _check_finite(m, mfile)
+                    check_finite(m, mfile)
                     maps = torch.from_numpy(m.astype(np.complex64))
                 elif require_maps:
-                    raise FileNotFoundError(f"sensitivity maps {mfile} not found for slice {f} "
-                                            "(pass require_maps=False to load without maps)")
-                samples.append(Sample(f"{vol}/{f.stem}", torch.from_numpy(x), maps, "MRI",
-                                      {"file": str(f), "maps_file": str(mfile) if maps is not None else None}))
+                    raise FileNotFoundError(f"sensitivity maps {mfile} not found for slice {f} (to reconstruct "
+                                            "without coil maps, as single-coil data, pass require_maps=False: "
+                                            "--config.data.require_maps=False)")
+                xt = torch.from_numpy(x)
+                meta = {"file": str(f), "maps_file": str(mfile) if maps is not None else None,
+                        "stored_shape": tuple(x.shape)}
+                if size is not None:
+                    xt, maps = resample_mri(xt, maps, size)
+                samples.append(Sample(f"{vol}/{f.stem}", xt, maps, "MRI", meta))
         else:
             files = sorted(vdir.glob("*.npy"))
             if not files:
                 raise ValueError(f"{vdir} contains no .npy slices")
             for f in files:
-                x = _check_ct_slice(_load_npy(f), f)
-                samples.append(Sample(f"{vol}/{f.stem}", torch.from_numpy(x), None, "CT", {"file": str(f)}))
+                a = load_npy(f)
+                x = ct_to_unit(a, f, units, size)
+                samples.append(Sample(f"{vol}/{f.stem}", torch.from_numpy(x), None, "CT",
+                                      {"file": str(f), "units": units, "stored_shape": tuple(a.shape)}))
     return samples[:max_samples] if max_samples is not None else samples
 
 
 # ----------------------------------------------------------------------------------------------
 # fastMRI multi-coil h5
 # ----------------------------------------------------------------------------------------------
-def _center_crop(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    H, W = x.shape[-2:]
-    top, left = (H - h) // 2, (W - w) // 2
-    return x[..., top:top + h, left:left + w]
-
-
 def load_fastmri_h5(path: PathLike, slices: Optional[Sequence[int]] = None, crop: Optional[int] = 320,
                     maps: str = "espirit", calib_width: int = 24,
-                    normalize: Optional[str] = "max") -> list[Sample]:
+                    normalize: Optional[str] = "max", size: Optional[int] = None) -> list[Sample]:
     """Read a fastMRI multi-coil ``.h5`` file (dataset ``kspace`` ``[S, C, H, W]`` complex).
 
     Per slice: coil images ``c = ifft2c(kspace)`` (centred orthonormal, fastMRI convention) →
-    centre crop to ``crop × crop`` (removes readout oversampling; ``None`` = no crop) →
-    sensitivity maps ``S`` from the k-space of the cropped coil images (``fft2c``):
+    centre crop to ``crop × crop`` (removes readout oversampling; ``None`` or 0 = no crop) →
+    with ``size``, k-space resampling of the coil images to ``size × size`` (same field of view,
+    ``utils.resample.kspace_resample``) → sensitivity maps ``S`` at that size from the k-space of
+    the coil images (``fft2c``):
 
     * ``maps="espirit"`` — ``physics.coils.espirit_maps(k, calib_width)`` (sigpy ESPIRiT);
     * ``maps="rss"``     — ``S_c = c_c / RSS(c)`` (Σ|S_c|² = 1 where RSS > 0; combined image = RSS).
@@ -218,11 +176,13 @@ def load_fastmri_h5(path: PathLike, slices: Optional[Sequence[int]] = None, crop
     from physics.coils import espirit_maps
     from physics.mri import fft2c, ifft2c, rss
 
-    path = _require_file(Path(path), "fastMRI .h5 file")
+    path = require_file(Path(path), "fastMRI .h5 file")
     if maps not in ("espirit", "rss"):
-        raise ValueError(f"maps must be 'espirit' or 'rss', got {maps!r}")
+        raise ValueError(f"maps must be 'espirit' or 'rss' (--config.data.maps), got {maps!r}")
     if normalize not in ("max", "percentile", None):
-        raise ValueError(f"normalize must be 'max', 'percentile' or None, got {normalize!r}")
+        raise ValueError(f"normalize must be 'max', 'percentile' or None (--config.data.normalize), got {normalize!r}")
+    size = check_size(size)
+    crop = int(crop) if crop else None
     try:
         f = h5py.File(path, "r")
     except OSError as exc:
@@ -244,12 +204,19 @@ def load_fastmri_h5(path: PathLike, slices: Optional[Sequence[int]] = None, crop
         kspaces = [np.asarray(ds[s]) for s in idx]
     samples = []
     for s, k in zip(idx, kspaces):
-        _check_finite(k, f"{path} slice {s}")
+        check_finite(k, f"{path} slice {s}")
         coil = ifft2c(torch.from_numpy(k.astype(np.complex64)))
+        stored = tuple(coil.shape[-2:])
         if crop is not None:
             if coil.shape[-2] < crop or coil.shape[-1] < crop:
-                raise ValueError(f"{path}: image {tuple(coil.shape[-2:])} smaller than crop {crop}")
-            coil = _center_crop(coil, crop, crop)
+                raise ValueError(f"{path}: image {tuple(coil.shape[-2:])} smaller than crop {crop}; pass a "
+                                 "smaller --config.data.crop (0 = no crop)")
+            coil = centre_crop_or_pad(coil, crop, crop)
+        if size is not None:
+            coil = kspace_resample(coil, size)
+        if maps == "espirit" and calib_width > min(coil.shape[-2:]):
+            raise ValueError(f"{path}: ESPIRiT calibration width {calib_width} exceeds the image size "
+                             f"{tuple(coil.shape[-2:])}; pass a smaller --config.data.calib_width")
         r = rss(coil, dim=0)
         if maps == "espirit":
             sm = espirit_maps(fft2c(coil), calib_width=calib_width).to(torch.complex64)
@@ -267,23 +234,25 @@ def load_fastmri_h5(path: PathLike, slices: Optional[Sequence[int]] = None, crop
             raise ValueError(f"{path} slice {s}: combined image is all zeros")
         samples.append(Sample(f"{path.stem}/{s:03d}", (x / scale).to(torch.complex64), sm, "MRI",
                               {"file": str(path), "slice": s, "scale": scale, "maps": maps,
-                               "rss": (r / scale).float()}))
+                               "rss": (r / scale).float(), "stored_shape": stored}))
     return samples
 
 
 # ----------------------------------------------------------------------------------------------
 # AAPM-style npy
 # ----------------------------------------------------------------------------------------------
-def load_aapm_npy(path: PathLike, units: str = "unit", size: Optional[int] = None) -> list[Sample]:
+def load_aapm_npy(path: PathLike, units: str = "unit", size: Optional[int] = None,
+                  slices: Optional[Sequence[int]] = None) -> list[Sample]:
     """Read an AAPM-style CT ``.npy``: one slice ``[H, W]`` or a stack ``[S, H, W]`` (real).
 
     ``units="unit"``: values already in [0, 1] (DDS AAPM convention); ``units="hu"``: values in
-    HU, mapped with :func:`hu_to_unit`. ``size``: optional area resampling to ``size × size``.
+    HU, mapped with :func:`hu_to_unit` (a mismatch is refused: module docstring). ``size``:
+    optional area resampling to ``size × size``; ``slices``: indices of a stack (default all).
     """
-    path = _require_file(Path(path), "AAPM .npy file")
-    if units not in ("unit", "hu"):
-        raise ValueError(f"units must be 'unit' or 'hu', got {units!r}")
-    a = _load_npy(path)
+    path = require_file(Path(path), "AAPM .npy file")
+    check_units(units)
+    size = check_size(size)
+    a = load_npy(path)
     if np.iscomplexobj(a) or not np.issubdtype(a.dtype, np.number):
         raise ValueError(f"{path}: CT data must be real, got dtype {a.dtype}")
     if a.ndim == 2:
@@ -292,17 +261,15 @@ def load_aapm_npy(path: PathLike, units: str = "unit", size: Optional[int] = Non
         raise ValueError(f"{path}: expected a slice [H, W] or a stack [S, H, W], got shape {a.shape}")
     if a.shape[0] == 0:
         raise ValueError(f"{path}: empty stack")
+    idx = list(range(a.shape[0])) if slices is None else [int(s) for s in slices]
+    bad = [s for s in idx if not 0 <= s < a.shape[0]]
+    if bad:
+        raise ValueError(f"{path}: slice indices {bad} out of range [0, {a.shape[0]}) (--config.data.slices)")
     out = []
-    for s in range(a.shape[0]):
-        img = a[s].astype(np.float64)
-        _check_finite(img, f"{path} slice {s}")
-        if size is not None:
-            img = resize_area(img, size)
-        if units == "hu":
-            img = hu_to_unit(img)
-        x = _check_ct_slice(img.astype(np.float32), f"{path} slice {s}")
+    for s in idx:
+        x = ct_to_unit(a[s], f"{path} slice {s}", units, size)
         out.append(Sample(f"{path.stem}/{s:03d}", torch.from_numpy(x), None, "CT",
-                          {"file": str(path), "slice": s, "units": units}))
+                          {"file": str(path), "slice": s, "units": units, "stored_shape": tuple(a.shape[1:])}))
     return out
 
 
@@ -323,17 +290,20 @@ def load_dicom(path: PathLike, modality: Optional[str] = None, size: Optional[in
     CT (``Modality == "CT"``): HU → :func:`hu_to_unit`, float32 [0, 1].
     MR: magnitude / max over the slice → complex64 with zero phase, or with
     ``utils.synthetic.smooth_random_phase(H, W, phase_seed + i)`` when ``phase_seed`` is given.
-    ``modality`` overrides the DICOM tag; ``size`` area-resamples to ``size × size`` first.
+    ``modality`` overrides the DICOM tag; ``size`` resamples to ``size × size`` (CT: area
+    averaging of the HU image; MR: k-space resampling of the complex image, module docstring).
     """
     import pydicom
 
+    size = check_size(size)
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"DICOM file or folder not found: {path}")
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.is_file())
         if not files:
-            raise ValueError(f"DICOM folder {path} is empty")
+            raise ValueError(f"folder {path} holds no files (expected DICOM files, or the MRI/ or CT/ "
+                             "sub-folder of a DDS sample folder)")
     else:
         files = [path]
     datasets = []
@@ -350,7 +320,8 @@ def load_dicom(path: PathLike, modality: Optional[str] = None, size: Optional[in
             raise ValueError(f"{f}: DICOM file has no pixel data")
         datasets.append((f, ds))
     if not datasets:
-        raise ValueError(f"no DICOM images found in {path}")
+        raise ValueError(f"no DICOM images found in {path} (and no MRI/ or CT/ sub-folder of a DDS sample "
+                         "folder); --data takes a DDS folder, a fastMRI .h5, an AAPM .npy or DICOM files")
     datasets.sort(key=lambda t: _dicom_sort_key(t[1]))
     out = []
     for i, (f, ds) in enumerate(datasets):
@@ -365,10 +336,11 @@ def load_dicom(path: PathLike, modality: Optional[str] = None, size: Optional[in
         slope = float(getattr(ds, "RescaleSlope", 1) or 1)
         intercept = float(getattr(ds, "RescaleIntercept", 0) or 0)
         img = img * slope + intercept
-        if size is not None:
-            img = resize_area(img, size)
-        meta = {"file": str(f), "slope": slope, "intercept": intercept, "dicom_modality": mod}
+        meta = {"file": str(f), "slope": slope, "intercept": intercept, "dicom_modality": mod,
+                "stored_shape": tuple(img.shape)}
         if mod == "CT":
+            if size is not None:
+                img = resize_area(img, size)
             x = torch.from_numpy(hu_to_unit(img).astype(np.float32))
             out.append(Sample(f"{f.stem}", x, None, "CT", meta))
         else:
@@ -384,23 +356,68 @@ def load_dicom(path: PathLike, modality: Optional[str] = None, size: Optional[in
                 ph = smooth_random_phase(mag.shape[0], mag.shape[1], seed=phase_seed + i)
                 x = (mag * np.exp(1j * ph)).astype(np.complex64)
             meta["scale"] = float(m)
-            out.append(Sample(f"{f.stem}", torch.from_numpy(x), None, "MRI", meta))
+            xt = torch.from_numpy(x)
+            if size is not None:
+                xt = kspace_resample(xt, size).to(torch.complex64)
+            out.append(Sample(f"{f.stem}", xt, None, "MRI", meta))
     return out
 
 
 # ----------------------------------------------------------------------------------------------
 # Dispatcher
 # ----------------------------------------------------------------------------------------------
-def load_dataset(path: PathLike, modality: str, **kwargs) -> list[Sample]:
-    """Pick the reader from the path: a folder with ``MRI/`` or ``CT/`` → DDS; ``.h5`` →
-    fastMRI; ``.npy`` → AAPM; ``.dcm`` file or other folder → DICOM."""
-    p = Path(path)
+#: what each kind of data holds, for the messages of :func:`data_kind`
+_KIND_TEXT = {"fastmri": "a fastMRI k-space file (MRI)", "npy": "an AAPM-style CT .npy"}
+_WHAT_TO_PASS = {"MRI": "a DDS folder with MRI/<volume>/slice/*.npy, a fastMRI .h5 or MR DICOM",
+                 "CT": "a DDS folder with CT/<volume>/*.npy, an AAPM .npy or CT DICOM"}
+
+
+def data_kind(path: PathLike, modality: str) -> str:
+    """Which reader ``path`` needs for ``modality`` (``"MRI"`` | ``"CT"``): ``"dds"`` (a folder with
+    a ``<modality>/`` sub-folder), ``"fastmri"`` (``.h5``), ``"npy"`` (AAPM CT), ``"dicom"`` (any
+    other file or folder).  A path that cannot hold data of ``modality`` — a DDS folder without its
+    sub-folder, an ``.h5`` for CT, a ``.npy`` for MRI, an empty folder — raises ``ValueError``
+    saying what to pass instead; a missing path ``FileNotFoundError``."""
+    p, modality = Path(path), modality.upper()
     if not p.exists():
-        raise FileNotFoundError(f"dataset path not found: {p}")
-    if p.is_dir() and (p / modality.upper()).is_dir():
+        raise FileNotFoundError(f"data path {p} does not exist; pass --data=<folder or file> "
+                                "(the shipped samples are in indist_samples/)")
+    if p.is_dir():
+        if (p / modality).is_dir():
+            return "dds"
+        others = [m for m in ("MRI", "CT") if m != modality and (p / m).is_dir()]
+        if others:
+            raise ValueError(f"{p} is a DDS sample folder with {others[0]}/ but no {modality}/ sub-folder, so it "
+                             f"holds no {modality} data; pass {_WHAT_TO_PASS[modality]} (--data), or a "
+                             f"{others[0]} degradation (--deg)")
+        if not any(p.iterdir()):
+            raise ValueError(f"{p} is an empty folder; pass {_WHAT_TO_PASS[modality]} (--data)")
+        return "dicom"
+    kind = {".h5": "fastmri", ".hdf5": "fastmri", ".npy": "npy"}.get(p.suffix.lower(), "dicom")
+    wrong = {"fastmri": "CT", "npy": "MRI"}.get(kind)
+    if wrong == modality:
+        raise ValueError(f"{p} is {_KIND_TEXT[kind]}, but the {modality} degradation needs {modality} data; "
+                         f"pass {_WHAT_TO_PASS[modality]} (--data), or a degradation of the data's modality (--deg)")
+    return kind
+
+
+def load_dataset(path: PathLike, modality: str, **kwargs) -> list[Sample]:
+    """Read the ``modality`` slices at ``path`` with the reader :func:`data_kind` picks (``kwargs``
+    go to it: :func:`load_dds_folder`, :func:`load_fastmri_h5`, :func:`load_aapm_npy`,
+    :func:`load_dicom`); DICOM images of the other modality raise ``ValueError``."""
+    p, modality = Path(path), modality.upper()
+    kind = data_kind(p, modality)
+    if kind == "dds":
         return load_dds_folder(p, modality, **kwargs)
-    if p.suffix in (".h5", ".hdf5"):
+    if kind == "fastmri":
         return load_fastmri_h5(p, **kwargs)
-    if p.suffix == ".npy":
+    if kind == "npy":
         return load_aapm_npy(p, **kwargs)
-    return load_dicom(p, **kwargs)
+    samples = load_dicom(p, **kwargs)
+    wrong = sorted({s.meta.get("file", s.name) for s in samples if s.modality != modality})
+    if wrong:
+        other = "CT" if modality == "MRI" else "MR"
+        raise ValueError(f"{wrong[0]}{f' (and {len(wrong) - 1} more)' if len(wrong) > 1 else ''} is {other} DICOM, "
+                         f"but the {modality} degradation needs {modality} data; pass {_WHAT_TO_PASS[modality]} "
+                         "(--data), or a degradation of the data's modality (--deg)")
+    return samples

@@ -29,9 +29,9 @@ How ``run_lib.py`` uses it (``world_size == 1`` is a plain single-process run)::
     device = device_for(info, cfg.device)             # cuda:<local_rank> / cpu
     rd, token = shared_run_dir(info, lambda: make_run_dir(...same args...))
     for deg in degs:
-        samples = load_samples(cfg, modality)
-        for i, sample in shard(list(enumerate(samples)), info.rank, info.world_size):
-            ...reconstruct with seed cfg.seed + i...   # GLOBAL index → same seeds as 1 process
+        samples = ...                                   # every slice, checked before the run folder
+        for sample in shard(samples, info.rank, info.world_size):
+            ...reconstruct with run_checks.slice_seed(cfg.seed, sample.name)...   # the slice's own seed
     summary = finish(rd, info, token)                 # rank 0: merged summary dict; others: None
 """
 from __future__ import annotations
@@ -121,8 +121,7 @@ def init_distributed(info: DistInfo, device_hint: str = "cpu", timeout_s: float 
 
 def shard(items: Sequence[T], rank: int, world: int) -> list[T]:
     """Round-robin share of ``items`` for ``rank``: ``items[rank::world]`` (deterministic; the
-    union over ranks is every item exactly once).  Pass ``enumerate(...)`` to keep global
-    indices (seeds)."""
+    union over ranks is every item exactly once)."""
     world, rank = int(world), int(rank)
     if world < 1 or not 0 <= rank < world:
         raise ValueError(f"need 0 <= rank < world, got rank={rank}, world={world}")

@@ -6,13 +6,15 @@
   :func:`write_csv`. A killed process leaves either the old or the new file, never a torn one.
 * :func:`read_csv` (numbers parsed back), :func:`to_numpy`, :func:`to_float`,
   :func:`to_jsonable` (configs, tensors, arrays, non-finite floats → JSON types),
-  :func:`safe_name` (file-system-safe names).
+  :func:`safe_name` (file-system-safe names), :func:`safe_path` (an injective, structure-keeping
+  relative path for a slice name).
 """
 from __future__ import annotations
 
 import contextlib
 import csv
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -25,7 +27,7 @@ import numpy as np
 
 __all__ = ["atomic_writer", "atomic_write_bytes", "atomic_write_text", "atomic_write_json",
            "atomic_save_npy", "write_csv", "read_csv", "to_numpy", "to_float", "to_jsonable",
-           "safe_name"]
+           "safe_name", "safe_path", "name_hash"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,9 +188,30 @@ def to_jsonable(obj: Any) -> Any:
 
 
 def safe_name(name: str) -> str:
-    """Filesystem-safe version of a solver / slice / run name (other chars → ``_``)."""
+    """Filesystem-safe version of a solver / run name (other chars → ``_``; not injective: use
+    :func:`safe_path` where distinct names must stay distinct)."""
     s = re.sub(r"[^A-Za-z0-9._+-]+", "_", str(name)).strip("._")
     return s or "unnamed"
+
+
+def name_hash(name: str, n: int = 8) -> str:
+    """The first ``n`` hex digits of the SHA-256 of ``name`` (UTF-8): stable across processes,
+    machines and Python versions (unlike ``hash()``)."""
+    return hashlib.sha256(str(name).encode("utf-8")).hexdigest()[:n]
+
+
+def safe_path(name: str) -> str:
+    """A relative path for a slice name that keeps its structure and stays distinct for distinct
+    names: split at ``/``, each part kept as it is when it is already safe (``[A-Za-z0-9._+-]``,
+    not starting or ending with ``.``/``_``), else :func:`safe_name` of it plus ``-`` and 8 hex
+    digits of its SHA-256 (``"CT/a b/c.npy"`` → ``"CT/a_b-<hash>/c.npy"``; ``"völ"`` and
+    ``"väl"`` get different folders).  Distinct names can only meet if two 32-bit hashes collide,
+    which a run checks for (``run_checks.check_slice_folders``)."""
+    parts = []
+    for part in str(name).split("/"):
+        safe = safe_name(part)
+        parts.append(safe if safe == part else f"{safe}-{name_hash(part)}")
+    return "/".join(parts)
 
 
 def _csv_value(v):

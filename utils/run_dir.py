@@ -9,7 +9,9 @@ Layout of one run (``exp/<YYYYmmdd-HHMMSS>_<name>[_<k>]/``)::
     summary.json/.md     mean ± std per (solver, deg); final-iterate metrics are the headline,
                          the oracle best-over-iterations values only under a labelled key
     timings.json         accumulated wall-clock seconds per named phase
-    slices/<solver>/<slice>/
+    slices/<solver>/<slice path>/   (utils.fileio.safe_path: the slice name's structure kept,
+                                     a part with other characters gets a short hash, so distinct
+                                     names never share a folder)
         recon.npy        final reconstruction (complex for MRI, real for CT), batch dim squeezed
         recon.png        magnitude image
         comparison.png   reference | input | reconstruction | |rec - ref| with PSNR/SSIM titles
@@ -23,7 +25,8 @@ folder, fsync, ``os.replace``), so a killed run leaves either the old or the new
 never a truncated one.  A slice counts as finished only once ``DONE`` exists; its row is added to
 ``metrics.csv`` after that.  Reopening with ``resume=`` re-derives ``metrics.csv`` from the
 ``result.json`` of finished slices, so an interruption between the marker and the CSV update
-loses nothing and no row is ever duplicated.
+loses nothing and no row is ever duplicated.  A ``DONE`` without a readable ``result.json`` of that
+slice does not count: the slice is computed again (with a warning), never silently dropped.
 
 Typical use (``run_lib.py`` does this for every slice and solver)::
 
@@ -52,6 +55,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -59,8 +63,8 @@ from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 
-from utils.fileio import (atomic_save_npy, atomic_write_json, atomic_write_text, read_csv, safe_name, to_float,
-                          to_jsonable, to_numpy, write_csv)
+from utils.fileio import (atomic_save_npy, atomic_write_json, atomic_write_text, read_csv, safe_name, safe_path,
+                          to_float, to_jsonable, to_numpy, write_csv)
 from utils.metrics import compute_metrics
 from utils.plots import comparison_figure, curves_png, save_image_png
 from utils.provenance import environment_info, git_diff, git_info, now_iso
@@ -75,6 +79,7 @@ METRIC_COLUMNS = (
 
 DONE_MARKER = "DONE"
 RESULT_JSON = "result.json"
+log = logging.getLogger(__name__)
 
 
 class _Timer:
@@ -110,16 +115,43 @@ class RunDir:
     def metrics_csv(self) -> Path:
         return self.path / "metrics.csv"
 
+    @staticmethod
+    def slice_folder(solver: str, slice_name: str) -> str:
+        """``slices/<solver>/<slice path>`` relative to the run folder (:func:`utils.fileio.safe_path`)."""
+        return f"slices/{safe_name(solver)}/{safe_path(slice_name)}"
+
     def slice_dir(self, solver: str, slice_name: str, create: bool = False) -> Path:
-        """``<run>/slices/<solver>/<slice>/`` (names made filesystem-safe)."""
-        d = self.path / "slices" / safe_name(solver) / safe_name(slice_name)
+        """``<run>/slices/<solver>/<slice path>/`` (:meth:`slice_folder`)."""
+        d = self.path / self.slice_folder(solver, slice_name)
         if create:
             d.mkdir(parents=True, exist_ok=True)
         return d
 
+    def _finished(self, d: Path, solver: str, slice_name: str) -> Optional[bool]:
+        """``True``: ``d`` holds the finished slice (``DONE`` + its ``result.json``); ``False``: a
+        ``DONE`` without a readable ``result.json`` of this slice; ``None``: no ``DONE``."""
+        if not (d / DONE_MARKER).is_file():
+            return None
+        try:
+            row = json.loads((d / RESULT_JSON).read_text())["row"]
+            return (str(row["solver"]), str(row["slice"])) == (str(solver), str(slice_name))
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+
     def is_done(self, solver: str, slice_name: str) -> bool:
-        """True when the slice's ``DONE`` marker exists (all its files were written)."""
-        return (self.slice_dir(solver, slice_name) / DONE_MARKER).is_file()
+        """True when the slice is finished: its ``DONE`` marker AND a readable ``result.json`` of
+        this (solver, slice) exist.  A ``DONE`` without it is reported and counts as unfinished (the
+        slice is computed again).  Run folders written before slice paths kept their structure
+        (``slices/<solver>/<safe_name(slice)>``) are recognised by the slice name in their
+        ``result.json``."""
+        state = self._finished(self.slice_dir(solver, slice_name), solver, slice_name)
+        if state is None:
+            legacy = self.path / "slices" / safe_name(solver) / safe_name(slice_name)
+            state = self._finished(legacy, solver, slice_name) or None
+        if state is False:
+            log.warning("%s / %s: DONE marker without a readable result.json of this slice in %s; "
+                        "computing the slice again", solver, slice_name, self.slice_dir(solver, slice_name))
+        return bool(state)
 
     # -- provenance -------------------------------------------------------------------------
     def save_meta(self, argv: Optional[Sequence[str]] = None, device=None,
@@ -304,17 +336,23 @@ class RunDir:
         return True
 
     def finished_results(self) -> list[dict[str, Any]]:
-        """``result.json`` contents of all finished (``DONE``) slices, in completion order."""
+        """``result.json`` contents of all finished (``DONE``) slices, in completion order (a
+        marker without a readable ``result.json`` is reported and left out: :meth:`is_done` treats
+        that slice as unfinished, so it is computed again)."""
         out = []
         root = self.path / "slices"
         if not root.is_dir():
             return out
-        for marker in root.glob(f"*/*/{DONE_MARKER}"):
+        for marker in root.rglob(DONE_MARKER):
             rj = marker.parent / RESULT_JSON
             try:
-                out.append(json.loads(rj.read_text()))
+                res = json.loads(rj.read_text())
+                if not {"solver", "slice"} <= set(res["row"]):
+                    raise ValueError("no solver/slice in its row")
             except Exception:
-                continue  # marker without a readable result: treat as unfinished
+                log.warning("%s without a readable %s: that slice counts as unfinished", marker, RESULT_JSON)
+                continue
+            out.append(res)
         out.sort(key=lambda r: (r.get("finished_at") or 0.0, str(r["row"].get("solver")),
                                 str(r["row"].get("slice"))))
         return out
