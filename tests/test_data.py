@@ -400,14 +400,19 @@ def test_val_and_ood_are_disjoint_from_training_and_test():
     val_src = {r["source"] for r in val["samples"] if r["modality"] == "MRI"}
     assert not val_src & {r["source"] for r in ood["samples"] if r["modality"] == "MRI"}
     assert {r["maps"] for r in ood["samples"] if r["modality"] == "MRI"} == {"espirit"}
-    # CT: one scan only, so the broad prior holds out whole regions (with a gap) for val / OOD
+    # CT: one training scan only, so the broad prior holds out whole regions (with a gap) of it for
+    # val / OOD; the other OOD CT slices come from another scan (tests/test_ood_ct.py)
     blocks = val["broad_prior_training_excludes"]["CT"]["cranium_heldout_blocks"]
     gap = val["broad_prior_training_excludes"]["CT"]["gap"]
     train = prepare_data.split_indices_blocks(range(101), blocks, gap)
-    for r in val["samples"] + ood["samples"]:
-        if r["modality"] == "CT":
-            assert any(r["slice"] in b for b in blocks)
-            assert min(abs(r["slice"] - k) for k in train) > gap
+    ct_rows = [r for r in val["samples"] + ood["samples"] if r["modality"] == "CT"]
+    for r in ct_rows:
+        if r["source"] != ind["volumes"]["CT/cranium"]["source"]:
+            assert r in ood["samples"] and "slice" not in r     # not a slice of the training scan
+            continue
+        assert any(r["slice"] in b for b in blocks)
+        assert min(abs(r["slice"] - k) for k in train) > gap
+    assert sum(r["source"] != ind["volumes"]["CT/cranium"]["source"] for r in ct_rows) >= 3
     assert set(prepare_broad.CT_OOD) <= set(prepare_broad.CT_OOD_BLOCK)
     assert set(prepare_broad.CT_VAL_REGION) <= set(prepare_broad.CT_VAL_BLOCK)
 

@@ -3,16 +3,24 @@ folders (``val_samples/``, ``ood_samples/``); run through ``python -m utils.prep
 --out data --samples indist_samples --val val_samples --ood ood_samples`` (``make data``).
 
 :func:`prepare_broad` (needs the output of :func:`utils.prepare_data.prepare`, Debian
-``dicom3tools`` and the nilearn wheel in ``data/sources``, see ``make data``) writes::
+``dicom3tools``, the nilearn wheel and the dicompyler-core sdist in ``data/sources``, see
+``make data``) writes::
 
     data/train_broad/CT/cranium_<k:03d>.npy     45 Cranium slices: 17–42, 65–83
     data/train_broad/MRI/*.npy                  the 163 slices of train/MRI + 133 MNI152 2009a slices
     data/manifest_broad.json
     <val>/, <ood>/                              DDS folders (64²) + manifest.json
 
-* CT: the Cranium scan is the only real CT found; besides the test block 48–59
+* CT training: the Cranium scan is the only real CT *volume* found; besides the test block 48–59
   the broad prior holds out the jaw/teeth/maxilla region 0–11 (OOD test) and the vertex 89–100
   (validation), each with a gap of ``GAP`` slices.  Validation also gets held-out slices 49, 53, 57.
+* CT OOD test, other patient and scanner: the top slice of a breast radiotherapy planning CT
+  (``ct.0.dcm`` of the dicompyler-core 0.5.6 sdist's test data, BSD-3-clause; neck, shoulder,
+  raised arm, couch; 512², 1.074 mm), read from the sdist (nothing is installed), at the full
+  field of view and as square crops of 1/2 and 1/3 of the side centred on the body
+  (:func:`ct_view`), each HU-windowed after resampling like the Cranium slices.  Before use its
+  bytes and UIDs are checked against pydicom's test files and pydicom-data
+  (:func:`check_not_reserved`), which are reserved for independent evaluation.
 * MRI training adds the MNI ICBM152 2009a T1 template (nilearn wheel, BSD-3-Clause package;
   axial every 2nd slice, coronal and sagittal every 4th).  Validation: Colin27 held-out slices
   61, 65, 69 (synthetic maps) and a held-out subject (nibabel ``example4d.nii.gz`` EPI, ESPIRiT
@@ -38,6 +46,8 @@ from utils.prepare_common import (CT_HELDOUT, CT_PATH, COLIN_PATH, GAP, ITK_DIR,
                                   RES, downsample, hu_to_unit, load_cranium, make_complex,
                                   normalise_magnitude, read_mha, resize_area, resize_to, sha256,
                                   split_indices_blocks)
+from utils.prepare_ood_ct import (DICOMPYLER_SDIST, DICOMPYLER_VERSION, OOD_LICENCES, RT_CT_MEMBER,
+                                  RT_CT_ZOOMS, ct_view, read_rt_ct)
 
 DICOM3TOOLS_PATH = "/usr/share/doc/dicom3tools/examples/0051.dcm"
 NILEARN_VERSION = "0.14.1"
@@ -159,15 +169,17 @@ def _mri_sample(x128: np.ndarray, size: int, maps_kind: str, seed: int) -> tuple
 
 
 def prepare_broad(out: str, val: str | None = None, ood: str | None = None, log=print,
-                  nilearn_wheel: str = NILEARN_WHEEL, sample_size: int = 64, command: str = "") -> dict:
+                  nilearn_wheel: str = NILEARN_WHEEL, sample_size: int = 64, command: str = "",
+                  rt_sdist: str = DICOMPYLER_SDIST) -> dict:
     """Training set of the ``broad_*_64`` priors (``<out>/train_broad/{CT,MRI}``, 128² like
     ``train/``) and the validation / out-of-distribution sample folders (``val`` / ``ood``; not
     written where None).
 
-    * CT: the Cranium scan is the only real CT found; three regions are held out: the
+    * CT: the Cranium scan is the only real CT volume found; three regions are held out: the
       in-distribution test block (``CT_HELDOUT``), a validation region (``CT_VAL_BLOCK``, vertex)
       and an OOD region (``CT_OOD_BLOCK``, jaw/teeth/maxilla), each with ``GAP`` unused slices
-      around it; the rest (45 slices) is the training set.
+      around it; the rest (45 slices) is the training set.  The OOD folder also gets the breast
+      radiotherapy planning slice of the dicompyler-core sdist ``rt_sdist`` at ``RT_CT_ZOOMS``.
     * MRI: the legacy training slices (``<out>/train/MRI``, must exist: run
       :func:`utils.prepare_data.prepare` first) + the MNI ICBM152 2009a T1 template (nilearn
       wheel; axial slices every ``MNI_STEP_AXIAL``, coronal and sagittal every ``MNI_STEP_OTHER``,
@@ -181,6 +193,8 @@ def prepare_broad(out: str, val: str | None = None, ood: str | None = None, log=
     if not (outp / "train" / "MRI").is_dir() or not (outp / "heldout").is_dir():
         raise FileNotFoundError(f"{outp}/train and {outp}/heldout are missing: run prepare() first "
                                 "(python -m utils.prepare_data --out data)")
+    if ood is not None and not os.path.exists(rt_sdist):
+        read_rt_ct(rt_sdist)  # the one-line error with the download command, before anything is written
     tb_ct, tb_mr = outp / "train_broad" / "CT", outp / "train_broad" / "MRI"
     for d in (tb_ct, tb_mr):
         d.mkdir(parents=True, exist_ok=True)
@@ -195,8 +209,9 @@ def prepare_broad(out: str, val: str | None = None, ood: str | None = None, log=
         man["val"] = _write_sample_set(val, _val_entries(outp, ct), sample_size, "val samples", log)
         _write_sample_manifest(Path(val), man, "val", sample_size, man["licences"])
     if ood is not None:
-        man["ood"] = _write_sample_set(ood, _ood_entries(ct), sample_size, "ood samples", log)
-        _write_sample_manifest(Path(ood), man, "ood", sample_size, man["licences"])
+        man["ood"] = _write_sample_set(ood, _ood_entries(ct, rt_sdist), sample_size, "ood samples", log)
+        _write_sample_manifest(Path(ood), man, "ood", sample_size, {**man["licences"], **OOD_LICENCES})
+        man["licences"].update(OOD_LICENCES)
     with open(outp / "manifest_broad.json", "w") as f:
         json.dump(man, f, indent=1)
     return man
@@ -308,7 +323,7 @@ def _val_entries(outp: Path, ct: dict) -> list[dict]:
     return val_entries
 
 
-def _ood_entries(ct: dict) -> list[dict]:
+def _ood_entries(ct: dict, rt_sdist: str) -> list[dict]:
     import gzip
 
     import nibabel as nib
@@ -316,8 +331,20 @@ def _ood_entries(ct: dict) -> list[dict]:
 
     ood_entries = [dict(modality="CT", volume="cranium_skullbase", name=f"{k:03d}", x128=ct[k], source=CT_PATH,
                         package="invesalius-examples", slice=k,
-                        kind="held-out anatomy (jaw/teeth/maxilla) of the only real CT scan available")
+                        kind="held-out anatomy (jaw/teeth/maxilla) of the training scan (the only real CT volume available)")
                    for k in CT_OOD]
+    hu, rt, prov = read_rt_ct(rt_sdist)
+    mm = float(rt.PixelSpacing[0])
+    for zoom in RT_CT_ZOOMS:
+        x128, crop = ct_view(hu, zoom)
+        ood_entries.append(dict(
+            modality="CT", volume="breast_rt", name=f"zoom{zoom}", x128=x128,
+            source=f"dicompyler-core=={DICOMPYLER_VERSION} (PyPI sdist):{RT_CT_MEMBER}",
+            package="dicompyler-core (PyPI)", licence=OOD_LICENCES["dicompyler-core"], zoom=zoom,
+            crop_px_top_left_side=crop, field_of_view_mm=round(crop[2] * mm, 1), **prov,
+            kind=("other patient, scanner and anatomy: top slice of a breast radiotherapy planning CT "
+                  "(neck, shoulder, raised arm, couch), " + ("full field of view" if zoom == 1 else
+                  f"square crop of 1/{zoom} of the side centred on the body"))))
     ds = pydicom.dcmread(DICOM3TOOLS_PATH)
     mosaic = ds.pixel_array.astype(np.float64)
     n_tile = int(ds.AcquisitionMatrix[0]) or 72

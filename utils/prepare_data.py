@@ -100,6 +100,7 @@ from utils.prepare_common import (CT_HELDOUT, CT_PATH, CT_SAMPLES, COLIN_BET_PAT
                                   downsample, hu_to_unit, load_cranium, make_complex, match_colin_index,
                                   normalise_magnitude, pad_to_square, read_mha, resize_area, sha256,
                                   split_indices, split_indices_blocks)
+from utils.prepare_ood_ct import DICOMPYLER_SDIST, DICOMPYLER_VERSION
 
 # ----------------------------------------------------------------------------------------------
 # Main
@@ -339,17 +340,25 @@ def main(argv=None):
                          "by --val / --ood")
     ap.add_argument("--nilearn_wheel", default=NILEARN_WHEEL,
                     help=f"nilearn {NILEARN_VERSION} wheel holding the MNI152 template (pip download)")
+    ap.add_argument("--rt_sdist", default=DICOMPYLER_SDIST,
+                    help=f"dicompyler-core {DICOMPYLER_VERSION} sdist holding the breast radiotherapy CT "
+                         "slice of ood_samples/CT/breast_rt (pip download --no-binary=:all:)")
     args = ap.parse_args(argv)
     argv = sys.argv[1:] if argv is None else list(argv)
     if args.sample_size < 8:
         raise SystemExit(f"--sample_size must be >= 8, got {args.sample_size}")
+    needed = [(args.nilearn_wheel, "--nilearn_wheel")] if args.broad or args.val or args.ood else []
+    needed += [(args.rt_sdist, "--rt_sdist")] if args.ood else []
+    for path, flag in needed:   # checked before anything is written
+        if not os.path.exists(path):
+            raise SystemExit(f"{path} not found: pass {flag} or run `make data` (downloads it to data/sources)")
     command = " ".join([".venv/bin/python -m utils.prepare_data"] + argv)
     legacy = f".venv/bin/python -m utils.prepare_data --out {args.out}" + (
         f" --samples {args.samples}" if args.samples else "")  # the command recorded by indist_samples
     prepare(args.out, args.samples, command=legacy, sample_size=args.sample_size)
     if args.broad or args.val or args.ood:
         prepare_broad(args.out, args.val, args.ood, nilearn_wheel=args.nilearn_wheel,
-                      sample_size=args.sample_size, command=command)
+                      sample_size=args.sample_size, command=command, rt_sdist=args.rt_sdist)
 
 
 if __name__ == "__main__":
