@@ -29,10 +29,12 @@ bench: $(VENV_STAMP)
 bench-gpu:
 	bash bench_gpu.sh
 
-# Needs Debian packages (apt-get): invesalius-examples mricron-data insighttoolkit5-examples dicom3tools
-# and the nilearn wheel (MNI152 template, read from the zip; nothing is installed)
+# Needs Debian packages (apt-get): invesalius-examples mricron-data insighttoolkit5-examples dicom3tools,
+# the nilearn wheel (MNI152 template) and the dicompyler-core sdist (breast RT CT slice of
+# ood_samples/CT/breast_rt), both read from the archive; nothing is installed
 data: $(VENV_STAMP)
 	$(PY) -m pip download --disable-pip-version-check -q --no-deps nilearn==0.14.1 -d data/sources
+	$(PY) -m pip download --disable-pip-version-check -q --no-deps --no-binary=:all: dicompyler-core==0.5.6 -d data/sources
 	$(PY) -m utils.prepare_data --out data --samples indist_samples --val val_samples --ood ood_samples
 
 # demo_*_64 (legacy recipe) and broad_*_64 (augmented, broader data); one core each, one at a

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from utils import prepare_data
+from utils import prepare_broad, prepare_data
 from utils.data import (HU_MAX, HU_MIN, Sample, hu_to_unit, load_aapm_npy, load_dataset,
                         load_dds_folder, load_dicom, load_fastmri_h5)
 from utils.synthetic import simulate_multicoil, smooth_random_phase
@@ -32,6 +32,7 @@ def test_hu_window():
     np.testing.assert_allclose(hu_to_unit([-2000, -1000, 0, 40, 2000, 3000]),
                                [0, 0, 1 / 3, 1040 / 3000, 1, 1])
     assert prepare_data.hu_to_unit is hu_to_unit  # one definition shared with prepare_data
+    assert prepare_broad.hu_to_unit is hu_to_unit  # ... and with the val / OOD sample sets
 
 
 # ----------------------------------------------------------------------------------------------
@@ -416,16 +417,21 @@ def test_val_and_ood_are_disjoint_from_training_and_test():
     val_src = {r["source"] for r in val["samples"] if r["modality"] == "MRI"}
     assert not val_src & {r["source"] for r in ood["samples"] if r["modality"] == "MRI"}
     assert {r["maps"] for r in ood["samples"] if r["modality"] == "MRI"} == {"espirit"}
-    # CT: one scan only, so the broad prior holds out whole regions (with a gap) for val / OOD
+    # CT: one training scan only, so the broad prior holds out whole regions (with a gap) of it for
+    # val / OOD; the other OOD CT slices come from another scan (tests/test_ood_ct.py)
     blocks = val["broad_prior_training_excludes"]["CT"]["cranium_heldout_blocks"]
     gap = val["broad_prior_training_excludes"]["CT"]["gap"]
     train = prepare_data.split_indices_blocks(range(101), blocks, gap)
-    for r in val["samples"] + ood["samples"]:
-        if r["modality"] == "CT":
-            assert any(r["slice"] in b for b in blocks)
-            assert min(abs(r["slice"] - k) for k in train) > gap
-    assert set(prepare_data.CT_OOD) <= set(prepare_data.CT_OOD_BLOCK)
-    assert set(prepare_data.CT_VAL_REGION) <= set(prepare_data.CT_VAL_BLOCK)
+    ct_rows = [r for r in val["samples"] + ood["samples"] if r["modality"] == "CT"]
+    for r in ct_rows:
+        if r["source"] != ind["volumes"]["CT/cranium"]["source"]:
+            assert r in ood["samples"] and "slice" not in r     # not a slice of the training scan
+            continue
+        assert any(r["slice"] in b for b in blocks)
+        assert min(abs(r["slice"] - k) for k in train) > gap
+    assert sum(r["source"] != ind["volumes"]["CT/cranium"]["source"] for r in ct_rows) >= 3
+    assert set(prepare_broad.CT_OOD) <= set(prepare_broad.CT_OOD_BLOCK)
+    assert set(prepare_broad.CT_VAL_REGION) <= set(prepare_broad.CT_VAL_BLOCK)
 
 
 def test_split_indices_blocks():
@@ -437,21 +443,21 @@ def test_split_indices_blocks():
 
 def test_resize_to_and_downsample():
     img = np.arange(12.0).reshape(3, 4)
-    up = prepare_data.resize_to(img, 8)
+    up = prepare_broad.resize_to(img, 8)
     assert up.shape == (8, 8) and up.min() >= 0
     big = np.ones((40, 20))
-    down = prepare_data.resize_to(big, 10)
+    down = prepare_broad.resize_to(big, 10)
     np.testing.assert_allclose(down[:, 3:7], 1.0)          # the centred non-square image
     np.testing.assert_allclose(down[:, :2], 0.0)           # zero padding left and right
     z = (np.ones((8, 8)) * (1 + 2j)).astype(np.complex64)
-    d = prepare_data.downsample(z, 4)
+    d = prepare_broad.downsample(z, 4)
     assert d.dtype == np.complex64 and np.allclose(d, 1 + 2j)
 
 
 def test_espirit_from_image_on_a_phantom():
     x = np.zeros((32, 32), np.complex64)
     x[6:26, 8:24] = _phantom(20, 16, 2)
-    maps, x_ref = prepare_data.espirit_from_image(x, seed=3, calib_width=16)
+    maps, x_ref = prepare_broad.espirit_from_image(x, seed=3, calib_width=16)
     assert maps.shape == (8, 32, 32) and maps.dtype == np.complex64 and x_ref.dtype == np.complex64
     inside = np.abs(x) > 0.2
     np.testing.assert_allclose(np.abs(x_ref)[inside], np.abs(x)[inside], atol=0.05)
