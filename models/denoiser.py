@@ -127,7 +127,8 @@ class Denoiser(nn.Module):
     def purify(self, x: torch.Tensor, t_start: int, num_steps: int = 1, eta: float = 0.0,
                noise: NoiseStreams | torch.Generator | None = None, variant: str = "dds",
                grad: bool = False) -> torch.Tensor:
-        """Forward-noise ``x`` ``[B,H,W]`` to ``t_start`` and denoise: Tweedie for ``num_steps=1``,
+        """Forward-noise ``x`` ``[B,H,W]`` to ``t_start`` (an int, or for ``num_steps=1`` a ``[B]``
+        tensor: one level per slice) and denoise: Tweedie for ``num_steps=1``,
         else DDS/DDIM (``eta``, ``variant``) over ``respaced_timesteps(num_steps, T, t_start)`` down
         to 0, returning the final x̂₀.
 
@@ -140,7 +141,8 @@ class Denoiser(nn.Module):
         ctx = contextlib.nullcontext() if grad else torch.no_grad()
         with ctx:
             x_t = self.schedule.q_sample(x, t_start, noise=noise.like(x))
-            steps = respaced_timesteps(num_steps, self.schedule.num_steps, t_start)
+            steps = [t_start] if int(num_steps) == 1 else respaced_timesteps(num_steps, self.schedule.num_steps,
+                                                                               t_start)
             x0 = x
             for i, t in enumerate(steps):
                 t_next = steps[i + 1] if i + 1 < len(steps) else -1

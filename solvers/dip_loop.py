@@ -43,7 +43,7 @@ callables, each called exactly as in a one-slice run ``(step, x_b [1,H,W], info_
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
 import torch
@@ -96,6 +96,8 @@ class DIPProblem:
     dtype: torch.dtype         # the networks' real dtype (float64 for float64 / complex128 data)
     noise: NoiseStreams        # per-slice generators seeded seeds[b] + 1
     support: Optional[torch.Tensor] = None   # the operator's image support (None: every pixel)
+    histories: Optional[list] = None         # the slices' own histories (variants may add entries)
+    state: dict = field(default_factory=dict)  # a variant's state over one solve
 
     def restrict(self, x: torch.Tensor) -> torch.Tensor:
         """An image ``[B,H,W]`` set to 0 outside the operator's image support."""
@@ -200,6 +202,7 @@ class DIPSolver(SolverBase):
             raise ValueError(f"{self.name}: need at least one outer iteration and one step, got K={K}, N={N}")
         lam = self.lam()
         log = _Log(B, c.log_every, callback, cbs, x_gt)
+        p.histories = log.histories
 
         with deterministic_mode(c.deterministic), progress_bar(K * N, self.name, c.disable_progress) as pbar, \
                 finite_checks(physics, False):     # y was checked; non-finite losses are caught below

@@ -20,6 +20,18 @@ geometric, see :func:`purification_timesteps`).
 uDiG-DIP is aSeqDIP (``solvers/seqdip.py``) with step (2) replaced by the purification inside its
 window; the loop is ``solvers/dip_loop.py``.
 
+Data-adaptive purification strength (``t_adapt="residual"``, an option of ours; the default
+``"none"`` is the schedule above): a prior that does not know the anatomy moves the image away from
+the measurements when it purifies.  So purification may raise a slice's relative data residual
+by at most ``adapt_tau``: ``‖A z − y‖/‖y‖ ≤ ‖A x − y‖/‖y‖ + adapt_tau`` for ``z = DP(x, t)``, ``x =
+f_θ(z_old)``; when it does not, that slice's purification level is halved
+(``t ← ⌊s_b·t_k⌋`` with a per-slice scale ``s_b`` that starts at 1 and halves, at most
+``adapt_max_halvings`` times per purification, and stays halved for the later iterations) and the
+purification redrawn from the slice's own noise stream.  ``history["t"]`` then records each
+slice's levels.  The residual that purification adds to a clean slice grows with t and with how far
+the slice is from the prior's training data (``docs/results.md``), which is what the rule uses;
+it needs ``reverse_steps = 1``.
+
 Determinism: slice ``b``'s network initialisation comes from ``build_dip_net(seeds[b])``, its
 purification noise from a generator seeded ``seeds[b] + 1``; ``x_gt`` only reaches ``callback``.
 The same seed therefore reproduces the result bit-for-bit (on GPU with ``deterministic=True``, which
@@ -33,6 +45,7 @@ from typing import Callable
 import torch
 
 from solvers.dip_loop import DIPProblem
+from solvers.dm_common import relative_residual
 from solvers.common import Range
 from solvers.seqdip import RANGES as SEQDIP_RANGES
 from solvers.seqdip import SeqDIP, default_config as seqdip_default_config
@@ -54,6 +67,9 @@ def default_config():
         purify_start=0,       # first outer iteration (0-based) with purification, in [0, purify_stop]. Our choice.
         purify_stop=400,      # purification for k in [purify_start, purify_stop), <= num_outer; None → K. Our choice.
         purify_normalize=False,  # divide by max|x| per image before DP and rescale after. Our choice.
+        t_adapt="none",       # "none" (the t_k schedule) | "residual" (per-slice halving, module docstring). Our choice.
+        adapt_tau=0.05,       # residual: largest rise of ‖A z − y‖/‖y‖ by purification, in (0, 10]. Our choice.
+        adapt_max_halvings=4,  # residual: halvings of t per purification, in [0, 20]. Our choice.
     ))
     return cfg
 
@@ -62,7 +78,9 @@ def default_config():
 #: prior's number of steps T are checked in ``UDiGDIP._validate``)
 RANGES = {**SEQDIP_RANGES, "t_start": Range(0, integer=True), "t_end": Range(0, integer=True),
           "reverse_steps": Range(1, integer=True), "eta": Range(0, 1), "purify_start": Range(0, integer=True),
-          "purify_stop": Range(0, integer=True, none_ok=True)}
+          "purify_stop": Range(0, integer=True, none_ok=True), "adapt_tau": Range(0, 10, lo_open=True),
+          "adapt_max_halvings": Range(0, 20, integer=True)}
+T_ADAPT = ("none", "residual")
 
 
 def purification_timesteps(kind: str, t_start: int, t_end: int, n: int) -> list[int]:
@@ -121,6 +139,11 @@ class UDiGDIP(SeqDIP):
     def _validate(self) -> None:
         super()._validate()
         c = self.cfg
+        if c.t_adapt not in T_ADAPT:
+            raise ValueError(f"t_adapt must be one of {', '.join(map(repr, T_ADAPT))}, got {c.t_adapt!r}")
+        if c.t_adapt != "none" and int(c.reverse_steps) != 1:
+            raise ValueError(f"t_adapt={c.t_adapt!r} needs reverse_steps=1 (one Tweedie step per purification), "
+                             f"got {c.reverse_steps}")
         T = getattr(getattr(self.denoiser, "schedule", None), "num_steps", None)
         if T is not None and int(c.t_start) > int(T) - 1:
             raise ValueError(f"t_start must be in [0, {int(T) - 1}] (the prior has T={int(T)} diffusion steps), "
@@ -148,11 +171,44 @@ class UDiGDIP(SeqDIP):
             return super().update_input(p, k, x, z, history)
         c = self.cfg
         t_k = self.t_schedule[k - int(c.purify_start)]
-        history.setdefault("t", []).append(t_k)
         history.setdefault("purify_outer", []).append(k)
-        return p.restrict(scaled_purify(lambda v: self.denoiser.purify(v, t_k, num_steps=int(c.reverse_steps),
-                                                                       eta=float(c.eta), noise=p.noise),
-                                        x, bool(c.purify_normalize)))
+        if c.t_adapt == "none":
+            history.setdefault("t", []).append(t_k)
+            return p.restrict(self._purify(p, x, t_k, p.noise))
+        return self._purify_adaptive(p, x, t_k)
+
+    def _purify(self, p: DIPProblem, x: torch.Tensor, t, noise) -> torch.Tensor:
+        """``DP(x, t)`` (``t`` an int, or one level per slice of ``x``), before the support restriction."""
+        c = self.cfg
+        return scaled_purify(lambda v: self.denoiser.purify(v, t, num_steps=int(c.reverse_steps), eta=float(c.eta),
+                                                            noise=noise), x, bool(c.purify_normalize))
+
+    def _purify_adaptive(self, p: DIPProblem, x: torch.Tensor, t_k: int) -> torch.Tensor:
+        """``t_adapt="residual"`` (module docstring): each slice's level ``⌊s_b·t_k⌋`` is halved
+        until purification raises its data residual by at most ``adapt_tau``; slices redraw only
+        their own noise."""
+        c = self.cfg
+        B = x.shape[0]
+        with torch.no_grad():
+            limit = [v + float(c.adapt_tau) for v in relative_residual(p.physics, x, p.y).tolist()]
+        scale = p.state.setdefault("t_scale", [1.0] * B)          # s_b, kept over the solve
+        levels = [int(s * t_k) for s in scale]
+        z = p.restrict(self._purify(p, x, torch.tensor(levels), p.noise))
+        for _ in range(int(c.adapt_max_halvings)):
+            with torch.no_grad():
+                r = relative_residual(p.physics, z, p.y).tolist()
+            todo = [b for b in range(B) if r[b] > limit[b] and levels[b] > 0]
+            if not todo:
+                break
+            for b in todo:
+                scale[b] /= 2
+                levels[b] = int(scale[b] * t_k)
+            z = z.clone()
+            z[todo] = self._purify(p, x[todo], torch.tensor([levels[b] for b in todo]), p.noise.subset(todo))
+            z = p.restrict(z)
+        for b in range(B):
+            p.histories[b].setdefault("t", []).append(levels[b])
+        return z
 
     def extra_info(self) -> dict:
         return {"t_schedule": list(self.t_schedule)}

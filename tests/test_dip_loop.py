@@ -363,3 +363,63 @@ def test_net_impls_agree_and_bad_value_fails():
         assert r.info["perf"]["net_impl"] == (impl if impl != "auto" else "grouped_cl")
     with pytest.raises(ValueError, match="net_impl"):
         SeqDIP(_cfg(), seeds=[0, 1], perf={"net_impl": "loops"})
+
+
+# ----------------------------------------------------- data-adaptive purification strength
+def test_adaptive_purification_levels_follow_the_residual_rule():
+    """t_adapt="residual": a threshold no purified input can miss leaves the paper's schedule
+    bit for bit; one no input can meet halves each slice's level at every purification, down by
+    2^adapt_max_halvings and persisting; and each slice's levels and image equal its one-slice
+    solve (float64), so batch mates never change a slice's purification."""
+    dtype = torch.float64
+    den = _denoiser(dtype)
+    ops, ys = _problem(dtype)
+    y, A = torch.cat(ys), stack_physics(ops)
+    base = _cfg(**UDIG)
+    plain = UDiGDIP(base, den, seeds=[3, 4])(y, A)
+    loose = UDiGDIP({**base, "t_adapt": "residual", "adapt_tau": 10.0}, den, seeds=[3, 4])(y, A)
+    assert torch.equal(plain.x_hat, loose.x_hat)
+    sched = plain.history["t"]                                    # [100, 55, 10]
+    for r in split_result(loose):
+        assert r.history["t"] == sched
+    tight = {**base, "t_adapt": "residual", "adapt_tau": 1e-12, "adapt_max_halvings": 2}
+    res = UDiGDIP(tight, den, seeds=[3, 4])(y, A)
+    # k=0: 100 → 50 → 25; later iterations start from the halved scale (1/4) and halve twice more
+    want = [int(sched[0] / 4), int(sched[1] / 16), int(sched[2] / 64)]
+    for b, r in enumerate(split_result(res)):
+        assert r.history["t"] == want, (b, r.history["t"])
+        alone = UDiGDIP(tight, den, seeds=[[3, 4][b]])(ys[b], ops[b])
+        assert alone.history["t"] == want
+        assert _rel(r.x_hat, alone.x_hat) < 1e-9
+    assert not torch.equal(res.x_hat, plain.x_hat)
+    with pytest.raises(ValueError, match="reverse_steps=1"):
+        UDiGDIP({**tight, "reverse_steps": 2}, den)
+    with pytest.raises(ValueError, match="t_adapt"):
+        UDiGDIP({**base, "t_adapt": "auto"}, den)
+
+
+class _NoisyPurifier:
+    """Stand-in prior: DP(x, t) = x + 0.01·t·n, n from the given noise streams (t per slice)."""
+
+    is_complex = True
+
+    def purify(self, x, t, num_steps=1, eta=0.0, noise=None):
+        tt = (t if torch.is_tensor(t) else torch.tensor([t] * x.shape[0])).to(x.real.dtype).view(-1, 1, 1)
+        return x + 1e-2 * tt * NoiseStreams.coerce(noise, x.device).like(x)
+
+
+def test_adaptive_purification_halves_only_the_slices_that_need_it():
+    """Two slices whose purification adds residuals ten times apart (same noise, images ten times
+    apart in scale): with a threshold between them only the first slice's levels halve, and
+    each slice equals its one-slice solve — its retries draw from its own noise stream only."""
+    dtype = torch.float64
+    ops, ys = _problem(dtype)
+    ys = [ys[0], 10 * ys[1]]
+    cfg = {**_cfg(**UDIG), "t_adapt": "residual", "adapt_tau": 0.05}
+    res = UDiGDIP(cfg, _NoisyPurifier(), seeds=[3, 4])(torch.cat(ys), stack_physics(ops))
+    per = split_result(res)
+    assert per[0].history["t"] == [12, 6, 1] and per[1].history["t"] == [100, 55, 10]
+    for b, s in enumerate((3, 4)):
+        alone = UDiGDIP(cfg, _NoisyPurifier(), seed=s)(ys[b], ops[b])
+        assert alone.history["t"] == per[b].history["t"]
+        assert _rel(per[b].x_hat, alone.x_hat) < 1e-9

@@ -90,6 +90,12 @@ class NoiseStreams:
             return self
         return NoiseStreams(device=self.device, generators=[self.gens[b]])
 
+    def subset(self, idx: Sequence[int]) -> "NoiseStreams":
+        """The streams of slices ``idx`` (sharing their generators), for redrawing a few slices."""
+        if self.gens is None:
+            return self
+        return NoiseStreams(device=self.device, generators=[self.gens[b] for b in idx])
+
     def _check(self, B: int) -> None:
         if self.gens is not None and B != len(self.gens):
             raise ValueError(f"batch of {B} slices but {len(self.gens)} noise streams (one per slice)")
