@@ -77,6 +77,30 @@ class SolverBase:
         """Why the configured method assumes noiseless data (``None``: it does not)."""
         return None
 
+    @staticmethod
+    def default_config():
+        raise NotImplementedError
+
+    def check_config(self, cfg) -> None:
+        """Validate the method's own config fields (``ValueError``)."""
+
+    def checked_config(self, cfg):
+        """``default_config()`` overridden by ``cfg`` (unknown fields → ``ValueError``), every
+        numeric field in its range (:meth:`config_ranges`) and :meth:`check_config` passed."""
+        from solvers.common import check_ranges, resolve_config   # solvers.common imports nothing of solvers
+
+        cfg = resolve_config(self.default_config(), cfg)
+        check_ranges(cfg, type(self).config_ranges())
+        self.check_config(cfg)
+        return cfg
+
+    def keep_settings(self, cfg, seed: int, seeds: Optional[Sequence[int]], device) -> None:
+        """Store the checked config, the run seed, the per-slice seeds and the device."""
+        self.cfg = cfg
+        self.seed = int(seed)
+        self.seeds = check_seeds(seeds)
+        self.device = device
+
 
 # ------------------------------------------------------------------ batches of slices
 def check_seeds(seeds: Optional[Sequence[int]]) -> Optional[list[int]]:

@@ -32,10 +32,10 @@ from typing import Callable, Optional, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from solvers.base import (Callback, Result, SolverBase, batch_result, check_measurements, check_seeds, image_support,
+from solvers.base import (Callback, Result, SolverBase, batch_result, check_measurements, image_support,
                           notify_slices, per_slice_callbacks, record_step, restrict_to_support)
 from solvers.cg import batch_dot
-from solvers.common import Range, check_ranges, resolve_config
+from solvers.common import Range
 from solvers.dm_common import relative_residual
 
 __all__ = ["ClassicalSolver", "IterLog", "operator_norm", "MAX_ITERS"]
@@ -117,24 +117,12 @@ class ClassicalSolver(SolverBase):
 
     def __init__(self, cfg=None, denoiser=None, seed: int = 0, device=None,
                  seeds: Optional[Sequence[int]] = None):
-        cfg = resolve_config(self.default_config(), cfg)
-        check_ranges(cfg, type(self).config_ranges())
+        cfg = self.checked_config(cfg)
         if not isinstance(cfg.progress, bool):
             raise ValueError(f"progress must be True or False, got {cfg.progress!r}")
-        self.check_config(cfg)
-        self.cfg = cfg
-        self.seed = int(seed)
-        self.seeds = check_seeds(seeds)
-        self.device = device
+        self.keep_settings(cfg, seed, seeds, device)
 
     # ------------------------------------------------------------------ per method
-    @staticmethod
-    def default_config():
-        raise NotImplementedError
-
-    def check_config(self, cfg) -> None:
-        """Validate the method's own config fields (``ValueError``)."""
-
     def solve(self, y: torch.Tensor, physics, support: torch.Tensor, log: IterLog) -> tuple[torch.Tensor, dict]:
         """Run the method on ``y`` ``[B,...]``; return the image ``[B,H,W]`` and extra ``info``."""
         raise NotImplementedError

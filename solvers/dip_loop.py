@@ -123,10 +123,6 @@ class DIPSolver(SolverBase):
     #: the fields every DIP variant shares (a variant's ``RANGES`` adds its own)
     RANGES = DIP_COMMON_RANGES
 
-    @staticmethod
-    def default_config():
-        raise NotImplementedError
-
     def __init__(self, cfg: Any = None, denoiser: Any = None, seed: int = 0,
                  device: Optional[torch.device | str] = None, seeds: Optional[Sequence[int]] = None,
                  perf: Any = None):

@@ -36,10 +36,10 @@ import torch
 from tqdm.auto import tqdm
 
 from models.diffusion import DiffusionSchedule
-from solvers.base import (Callback, Result, SolverBase, batch_result, check_measurements, check_seeds, image_support,
+from solvers.base import (Callback, Result, SolverBase, batch_result, check_measurements, image_support,
                           notify_slices, per_slice_callbacks, record_step, restrict_to_support)
 from solvers.cg import batch_dot
-from solvers.common import Range, check_ranges, resolve_config
+from solvers.common import Range
 from solvers.sampling import dds_timesteps
 from utils.rng import NoiseStreams
 
@@ -156,9 +156,7 @@ class DMSolver(SolverBase):
 
     def __init__(self, cfg=None, denoiser=None, seed: int = 0, device=None,
                  seeds: Optional[Sequence[int]] = None):
-        cfg = resolve_config(self.default_config(), cfg)
-        check_ranges(cfg, type(self).config_ranges())
-        self.check_config(cfg)
+        cfg = self.checked_config(cfg)
         if denoiser is None:
             raise ValueError(f"{self.method} needs a denoiser (models.denoiser.Denoiser)")
         if not isinstance(getattr(denoiser, "schedule", None), DiffusionSchedule):
@@ -167,20 +165,10 @@ class DMSolver(SolverBase):
         if int(cfg[self.steps_field]) > T:
             raise ValueError(f"{self.steps_field} must be in [1, {T}] (the prior has T={T} diffusion steps), "
                              f"got {cfg[self.steps_field]}")
-        self.cfg = cfg
+        self.keep_settings(cfg, seed, seeds, device)
         self.denoiser = denoiser
-        self.seed = int(seed)
-        self.seeds = check_seeds(seeds)
-        self.device = device
 
     # ------------------------------------------------------------------ per method
-    @staticmethod
-    def default_config():
-        raise NotImplementedError
-
-    def check_config(self, cfg) -> None:
-        """Validate the method's own config fields (``ValueError``)."""
-
     def sample(self, problem: Problem, x: torch.Tensor, timesteps: Iterable[tuple[int, int]],
                noise: NoiseStreams, callback: Callable[[dict], None]) -> torch.Tensor:
         """Run the method's sampler function from ``x = x_T``; return the final image."""
