@@ -25,7 +25,8 @@ bench: $(VENV_STAMP)
 	$(PY) bench_ct.py
 	$(PY) bench.py --device=cpu
 
-# On a CUDA machine (uses that machine's python3 + torch): CUDA tests, paper-size phases, demo solves
+# On a CUDA machine: every GPU measurement and check in one call, within BUDGET seconds (default 540;
+# docs/performance.md, "GPU run"); QUICK=1 DEVICE=cpu for a dry run at toy sizes
 bench-gpu:
 	bash bench_gpu.sh
 

@@ -16,7 +16,13 @@ Per device (``--device``: ``auto`` = cpu and cuda if available) and modality (MR
 * ``solve``: a short full solve per slice (uDiG-DIP / aSeqDIP: ``num_outer=--steps``,
   ``inner_steps=2``; DDS: ``nfe=--steps``);
 * ``batched``: seconds per slice for ``B`` slices (``--batch_sizes``) solved together by the
-  batched uDiG-DIP (else aSeqDIP) vs one slice at a time.
+  batched uDiG-DIP (else aSeqDIP) vs one slice at a time;
+* ``prior_precision`` (only when named in ``--phases``): one prior call in float32 / TF32 / bf16 /
+  fp16 autocast, channels-last on and off — speed and the Tweedie x̂₀ against float32 — and
+  batched purification (``bench_prior.py``);
+* ``paper_budget`` (only when named): seconds per slice of every solver at the papers' budget
+  (DIP solvers: K·N = 20 000 steps, extrapolated from two measured lengths), naive vs optimised
+  settings, and the uDiG-DIP : DDS ratio (``bench_budget.py``).
 
 Each phase is timed in two variants in the same run, and their ratio is reported:
 
@@ -34,9 +40,10 @@ H100/H200 SXM bf16 dense when the CUDA device is one, else unset → MFU omitted
 ``torch.cuda.max_memory_allocated`` per phase on CUDA; on CPU the process high-water mark
 ``ru_maxrss`` after the phase (monotone over the run, so an upper bound per phase).
 
-Which phases run: ``--phases`` (default all of :data:`PHASES`), narrowed by ``--solvers``,
-``--prior_phases`` and ``--skip_solve``.  Writes ``--out`` (JSON: machine, settings, rows) and
-prints markdown tables (``docs/performance.md`` quotes them).
+Which phases run: ``--phases`` (default :data:`DEFAULT_PHASES`), narrowed by ``--solvers``,
+``--prior_phases`` and ``--skip_solve``; a failing phase is recorded under ``errors`` and the
+others run.  Writes ``--out`` (JSON: machine, settings, rows) after every phase and prints
+markdown tables (``bench_report.py``; ``docs/performance.md`` quotes them).
 """
 from __future__ import annotations
 
@@ -50,6 +57,8 @@ from typing import Any, Callable, Optional
 import torch
 from absl import app, flags
 
+import bench_budget
+from bench_report import markdown
 from bench_steps import (batched_dip_step_fn, dds_step_fns, dip_step_fns, load_bench_prior, make_problem,
                          optimised_denoiser, purify_fns, slice_physics, solve_fns)
 from utils.timing import count_flops, cpu_model, default_peak_tflops, machine_info, profile_ops, time_calls
@@ -85,6 +94,9 @@ def define_flags() -> None:
     flags.DEFINE_boolean("compile_check", False, "Only compare torch.compile'd DIP nets with eager ones "
                          "(outputs / gradients, several cases and backends; see compile_check) on the last "
                          "--device, write --out and exit.")
+    flags.DEFINE_string("compile_backends", "inductor,aot_eager", "--compile_check: torch.compile backends to try.")
+    flags.DEFINE_float("compile_budget_s", 150.0, "--compile_check: seconds after which the remaining cases are "
+                       "skipped.")
     flags.DEFINE_boolean("cudnn_benchmark", False, "torch.backends.cudnn.benchmark = True (autotuned "
                          "convolution algorithms; the solvers run with cudnn.deterministic and no benchmark).")
     flags.DEFINE_integer("profile_batch", 0, "Batched DIP-step table: profile the eager step at this B "
@@ -92,11 +104,25 @@ def define_flags() -> None:
     flags.DEFINE_string("net_impls", "vmap", "Batched DIP-step table: comma list of models.stacked_dip.NET_IMPLS "
                         "(vmap, grouped, grouped_cl); each gets its own rows and B=1 reference.")
     flags.DEFINE_boolean("graph_only", False, "Batched DIP-step table on CUDA: only the CUDA-graph rows.")
-    flags.DEFINE_string("phases", ",".join(PHASES), "Comma list of phases to time, in this order: "
+    flags.DEFINE_string("phases", ",".join(DEFAULT_PHASES), "Comma list of phases to time, in this order: "
                         + ", ".join(PHASES) + ".")
     flags.DEFINE_boolean("cuda_graph", False, "Batched DIP-step table: also time each B with the step replayed "
                          "from a CUDA graph (perf.cuda_graph; CUDA only). Throughput is relative to B=1 of the "
                          "same variant.")
+    flags.DEFINE_boolean("dip_fp32", False, "Batched DIP-step table: float32 rows too (graph-replayed on CUDA), "
+                         "next to the bf16 rows of the optimised variant.")
+    flags.DEFINE_boolean("profile_best", False, "Batched DIP-step table: profile the fastest setting (lowest time "
+                         "per slice-step) after the table, eager and (when it is one) graph-replayed.")
+    flags.DEFINE_string("budget_solvers", ",".join(bench_budget.SOLVERS), "paper_budget phase: comma list of solvers.")
+    flags.DEFINE_string("budget_variants", ",".join(bench_budget.VARIANTS), "paper_budget phase: comma list of "
+                        "variants, measured in this order: " + ", ".join(bench_budget.VARIANTS) + ".")
+    flags.DEFINE_string("budget_outer", "3,20", "paper_budget phase: the two numbers of outer iterations measured "
+                        "for uDiG-DIP / aSeqDIP (vanilla DIP: as many steps as they make).")
+    flags.DEFINE_integer("budget_inner", bench_budget.PAPER_N, "paper_budget phase: Adam steps per outer iteration.")
+    flags.DEFINE_string("budget_dm_steps", "5,50", "paper_budget phase: the two step counts measured for the "
+                        "diffusion solvers (a solver whose configured count is reached runs in full).")
+    flags.DEFINE_float("budget_s", 150.0, "paper_budget phase: seconds per device and modality after which the "
+                       "remaining rows are skipped.")
 
 
 def resolve_devices(spec: str) -> list[torch.device]:
@@ -179,20 +205,24 @@ def phase_dip_step(c: Case) -> None:
 
 
 def phase_dip_batched(c: Case) -> None:
-    """One step of B independent DIP networks per ``--dip_batch_sizes`` B, net impl and graph mode."""
+    """One step of B independent DIP networks per ``--dip_batch_sizes`` B, net impl and graph mode
+    (``--dip_fp32``: float32 rows too, graph-replayed on CUDA); ``--profile_best``: the fastest row
+    profiled."""
     F = FLAGS
     dip_bss = sorted({int(b) for b in (F.dip_batch_sizes or F.batch_sizes).split(",") if b.strip()})
     one_flops = count_flops(dip_step_fns(c.A1, c.y1, c.device, c.net_cfg, False, False)[0])
     cuda = c.device.type == "cuda"
     graphs = [True] if F.graph_only and cuda else ([False, True] if F.cuda_graph and cuda else [False])
     impls = [v.strip() for v in F.net_impls.split(",") if v.strip()]
+    combos = [(i, g, c.bf16) for i in impls for g in graphs]
+    if F.dip_fp32 and c.bf16:
+        combos += [(i, graphs[-1], False) for i in impls]
     base = None
-    for impl, graph, B in ((i, g, b) for i in impls for g in graphs for b in dip_bss):
+    for (impl, graph, bf16), B in ((k, b) for k in combos for b in dip_bss):
         base = None if B == dip_bss[0] else base
-        where = f"dip_batched B={B} graph={graph}"
+        where = f"dip_batched B={B} graph={graph} bf16={bf16}"
         try:
-            fn = batched_dip_step_fn(c.A, c.y, c.device, c.net_cfg, B, c.bf16, bool(F.compile), graph=graph,
-                                     impl=impl)
+            fn = batched_dip_step_fn(c.A, c.y, c.device, c.net_cfg, B, bf16, bool(F.compile), graph=graph, impl=impl)
             # a graph is captured after 3 eager steps: warm up past it
             r = time_calls(fn, c.device, F.steps, max(1, F.warmup) + (4 if graph else 0), False)
         except Exception as e:
@@ -204,7 +234,7 @@ def phase_dip_batched(c: Case) -> None:
             continue
         per = r["seconds"] / B
         base = per if B == dip_bss[0] and B == 1 else base
-        row = {"device": str(c.device), "modality": c.modality, "B": B, "bf16": c.bf16, "compile": bool(F.compile),
+        row = {"device": str(c.device), "modality": c.modality, "B": B, "bf16": bf16, "compile": bool(F.compile),
                "cuda_graph": graph, "net_impl": impl, "seconds_per_step": r["seconds"],
                "seconds_per_slice_step": per,
                "flops": one_flops * B, "tflops_per_s": one_flops * B / r["seconds"] / 1e12,
@@ -214,9 +244,23 @@ def phase_dip_batched(c: Case) -> None:
         if c.peak:
             row["mfu"] = row["tflops_per_s"] / c.peak
         c.result["dip_batched"].append(row)
-        if B == F.profile_batch and not graph:
+        if B == F.profile_batch and not graph and bf16 == c.bf16:
             c.result["dip_profile"].append({"device": str(c.device), "modality": c.modality, "B": B,
                                             "net_impl": impl, "top_ops": profile_ops(fn, c.device)})
+    rows = [r for r in c.result["dip_batched"] if r["device"] == str(c.device) and r["modality"] == c.modality]
+    if F.profile_best and rows:
+        best = min(rows, key=lambda r: r["seconds_per_slice_step"])
+        for graph in sorted({False, best["cuda_graph"]}):
+            try:
+                fn = batched_dip_step_fn(c.A, c.y, c.device, c.net_cfg, best["B"], best["bf16"], bool(F.compile),
+                                         graph=graph, impl=best["net_impl"])
+                for _ in range(5 if graph else 2):      # past the graph capture
+                    fn()
+                c.result["dip_profile"].append({"device": str(c.device), "modality": c.modality, "B": best["B"],
+                                                "net_impl": best["net_impl"], "bf16": best["bf16"],
+                                                "cuda_graph": graph, "best": True, "top_ops": profile_ops(fn, c.device)})
+            except Exception as e:
+                c.error(f"profile best graph={graph}", e)
 
 
 def phase_purify(c: Case) -> None:
@@ -263,6 +307,31 @@ def phase_batched(c: Case) -> None:
                                     "dip_steps": F.steps * 2, "float32": True})
 
 
+def phase_prior_precision(c: Case) -> None:
+    """The prior call in fp32 / TF32 / bf16 / fp16, channels-last on/off: speed and x̂₀ against
+    float32; batched purification (``bench_prior``)."""
+    from bench_prior import prior_precision
+
+    trained = c.result["priors"].get(f"{c.device}/{c.modality}", {}).get("source") == "checkpoint"
+    bss = sorted({int(b) for b in FLAGS.batch_sizes.split(",") if b.strip()})
+    res = prior_precision(c.den_u, c.A, c.y, c.device, FLAGS.steps, FLAGS.warmup, bss, c.peak, trained, FLAGS.seed)
+    c.result["prior_precision"].append({"device": str(c.device), "modality": c.modality, "size": FLAGS.size, **res})
+
+
+def phase_paper_budget(c: Case) -> None:
+    """Seconds per slice of every solver at the papers' budget, naive vs optimised (``bench_budget``)."""
+    import solvers as solvers_pkg
+
+    F = FLAGS
+    ints = lambda s: tuple(int(v) for v in s.split(",") if v.strip())  # noqa: E731
+    res = bench_budget.paper_budget(
+        c.A, c.y, c.device, c.den_u, c.den_o, c.net_cfg, c.modality, F.budget_s, outer=ints(F.budget_outer),
+        dm_steps=ints(F.budget_dm_steps), inner=F.budget_inner,
+        variants=[v.strip() for v in F.budget_variants.split(",") if v.strip()],
+        names=[solvers_pkg.canonical(v) for v in F.budget_solvers.split(",") if v.strip()])
+    c.result["paper_budget"].append({"device": str(c.device), "modality": c.modality, "size": F.size, **res})
+
+
 def _dip(names) -> bool:
     return any(n in ("udigdip", "aseqdip") for n in names)
 
@@ -279,7 +348,12 @@ PHASES: dict[str, tuple[Callable[[Case], None], Callable[[Any, list], bool], Cal
               lambda names: any(n in ("udigdip", "dds") for n in names)),
     "batched": (phase_batched, lambda F, names: not F.skip_solve and _dip(names),
                 lambda names: "udigdip" in names),
+    # not in the default --phases: ask for them by name
+    "prior_precision": (phase_prior_precision, lambda F, names: True, lambda names: True),
+    "paper_budget": (phase_paper_budget, lambda F, names: True, lambda names: True),
 }
+#: the phases run when --phases is not given
+DEFAULT_PHASES = ("dip_step", "dip_batched", "purify", "dds_step", "solve", "batched")
 
 
 def selected_phases(F, names: list) -> list[str]:
@@ -291,8 +365,9 @@ def selected_phases(F, names: list) -> list[str]:
     return [p for p in PHASES if p in asked and PHASES[p][1](F, names)]
 
 
-def run() -> dict:
-    """Every selected phase for every device and modality; the JSON written to ``--out``."""
+def run(out: Optional[Path] = None) -> dict:
+    """Every selected phase for every device and modality; the JSON written to ``out`` after each
+    phase (a run stopped midway keeps what finished)."""
     F = FLAGS
     if F.threads:
         torch.set_num_threads(int(F.threads))
@@ -327,7 +402,7 @@ def run() -> dict:
             "CPU peak memory = process ru_maxrss high-water mark after the phase (monotone over the run)",
         ],
         "priors": {}, "phases": [], "speedups": [], "batched": [], "dip_batched": [], "dip_profile": [],
-        "errors": [],
+        "prior_precision": [], "paper_budget": [], "errors": [],
     }
     need_prior = any(PHASES[p][2](names) for p in phases)
     for device in devices:
@@ -340,54 +415,20 @@ def run() -> dict:
                 case.den_u, result["priors"][f"{device}/{mod}"] = load_bench_prior(mod, device, F.prior)
                 case.den_o = optimised_denoiser(case.den_u, device, bf16, bool(F.compile))
             for p in phases:
-                PHASES[p][0](case)
+                try:
+                    PHASES[p][0](case)
+                except Exception as e:  # one failing phase must not hide the others
+                    case.error(p, e)
+                if out is not None:
+                    write_json(out, result)
     return result
 
 
-# --------------------------------------------------------------------------------- report
-def fmt_ms(s):
-    return "–" if s is None else f"{1e3 * s:.2f}"
-
-
-def markdown(result: dict) -> str:
-    m = result["machine"]
-    lines = [f"Machine: {m['cpu']} ({m['threads']} threads)"
-             + (f", GPU {', '.join(g['name'] for g in m['gpus'])}" if m["gpus"] else "")
-             + f", torch {m['torch']}; size {result['settings']['size']}², {result['settings']['steps']} timed calls.",
-             "", "| device | modality | solver | phase | unopt ms | opt ms | ratio | GFLOP/call | TFLOP/s (opt) | MFU (opt) | peak mem (opt) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    rows = {(r["device"], r["modality"], r["solver"], r["phase"], r["variant"]): r for r in result["phases"]}
-    for s in result["speedups"]:
-        o = rows.get((s["device"], s["modality"], s["solver"], s["phase"], "opt"), {})
-        fl = o.get("flops")
-        mfu = "–" if "mfu" not in o else f"{100 * o['mfu']:.2f}%"
-        gf = "–" if not fl else f"{fl / 1e9:.3f}"
-        tf = "–" if "tflops_per_s" not in o else f"{o['tflops_per_s']:.4f}"
-        lines.append(
-            f"| {s['device']} | {s['modality']} | {s['solver']} | {s['phase']} | {fmt_ms(s['unopt_s'])} | "
-            f"{fmt_ms(s['opt_s'])} | {s['ratio']:.2f}× | {gf} | "
-            f"{tf} | "
-            f"{mfu} | "
-            f"{o.get('peak_mem_bytes', 0) / 2 ** 20:.0f} MiB |")
-    if result["batched"]:
-        lines += ["", "| device | modality | solver | B | s/slice batched | s/slice one-at-a-time | speedup |",
-                  "|---|---|---|---|---|---|---|"]
-        for b in result["batched"]:
-            lines.append(f"| {b['device']} | {b['modality']} | {b['solver']} | {b['B']} | {b['seconds_per_slice']:.3f} | "
-                         f"{b['sequential_seconds_per_slice']:.3f} | {b['speedup_vs_sequential']:.2f}× |")
-    if result.get("dip_batched"):
-        lines += ["", "| device | modality | net impl | B | bf16 | CUDA graph | ms / step | ms / slice-step | "
-                  "throughput vs B=1 | TFLOP/s | MFU |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-        for b in result["dip_batched"]:
-            thr = "–" if "throughput_vs_B1" not in b else f"{b['throughput_vs_B1']:.2f}×"
-            mfu = "–" if "mfu" not in b else f"{100 * b['mfu']:.1f}%"
-            lines.append(f"| {b['device']} | {b['modality']} | {b.get('net_impl', 'vmap')} | {b['B']} | {b['bf16']} | "
-                         f"{b.get('cuda_graph', False)} | "
-                         f"{1e3 * b['seconds_per_step']:.2f} | "
-                         f"{1e3 * b['seconds_per_slice_step']:.2f} | {thr} | {b['tflops_per_s']:.2f} | {mfu} |")
-    if result["errors"]:
-        lines += ["", f"{len(result['errors'])} phase(s) failed; see 'errors' in the JSON."]
-    return "\n".join(lines)
+def write_json(out: Path, result: dict) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(out.suffix + ".tmp")
+    tmp.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    os.replace(tmp, out)
 
 
 def main(argv):
@@ -396,15 +437,14 @@ def main(argv):
     if FLAGS.compile_check:
         from bench_compile import compile_check
 
-        compile_check(resolve_devices(FLAGS.device)[-1], Path(FLAGS.out), size=int(FLAGS.size))
+        compile_check(resolve_devices(FLAGS.device)[-1], Path(FLAGS.out), size=int(FLAGS.size),
+                      budget_s=float(FLAGS.compile_budget_s),
+                      backends=tuple(b.strip() for b in FLAGS.compile_backends.split(",") if b.strip()))
         print(f"wrote {FLAGS.out}")
         return
-    result = run()
     out = Path(FLAGS.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    os.replace(tmp, out)
+    result = run(out)
+    write_json(out, result)
     print(markdown(result))
     print(f"\nwrote {out}")
 

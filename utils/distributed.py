@@ -19,9 +19,10 @@ from each process's own in-memory dict (last writer wins).  Per-slice files
   ``summary.json``/``summary.md``.
 
 Rendezvous: under ``torchrun`` (``MASTER_ADDR``/``MASTER_PORT`` set) :func:`init_distributed`
-starts a ``gloo`` (CPU) / ``nccl`` (CUDA) process group, used only to broadcast the run folder and
-token from rank 0 (:func:`shared_run_dir`).  Without a process group, ranks meet through a
-rendezvous file (needs ``rendezvous=<path>`` and the same ``UDIG_RUN_TOKEN`` env var in all ranks).
+starts a ``gloo`` (CPU, or ranks sharing a GPU) / ``nccl`` (one GPU per rank) process group, used
+only to broadcast the run folder and token from rank 0 (:func:`shared_run_dir`).  Without a
+process group, ranks meet through a rendezvous file (needs ``rendezvous=<path>`` and the same
+``UDIG_RUN_TOKEN`` env var in all ranks).
 
 How ``run_lib.py`` uses it (``world_size == 1`` is a plain single-process run)::
 
@@ -53,8 +54,8 @@ from utils.run_dir import RunDir
 T = TypeVar("T")
 RANKS_DIR = "ranks"
 
-__all__ = ["DistInfo", "dist_info", "init_distributed", "shard", "device_for", "set_cpu_threads",
-           "RankRunDir", "shared_run_dir", "mark_done", "merge_metrics", "finish"]
+__all__ = ["DistInfo", "dist_info", "process_group_backend", "init_distributed", "shard", "device_for",
+           "set_cpu_threads", "RankRunDir", "shared_run_dir", "mark_done", "merge_metrics", "finish"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,9 +99,17 @@ def dist_info(env: Optional[dict] = None) -> DistInfo:
     return DistInfo(rank, world, local_rank, local_world)
 
 
+def process_group_backend(use_cuda: bool, local_world_size: int, gpus: int, nccl_available: bool = True) -> str:
+    """``nccl`` when every rank of a node has a GPU of its own, else ``gloo``: NCCL refuses two
+    ranks on one GPU ("Duplicate GPU detected"), e.g. 2 ranks sharing the only GPU; the group only
+    broadcasts the run folder, so gloo costs nothing measurable."""
+    return "nccl" if use_cuda and nccl_available and 0 < int(local_world_size) <= int(gpus) else "gloo"
+
+
 def init_distributed(info: DistInfo, device_hint: str = "cpu", timeout_s: float = 1800.0) -> bool:
     """Start a process group when ``world_size > 1`` and ``MASTER_ADDR`` is set (torchrun):
-    ``nccl`` if the ranks use CUDA, else ``gloo``.  Returns whether a group is active."""
+    ``nccl`` if the ranks use CUDA, one GPU each (:func:`process_group_backend`), else ``gloo``.
+    Returns whether a group is active."""
     import datetime
 
     import torch.distributed as dist
@@ -113,7 +122,8 @@ def init_distributed(info: DistInfo, device_hint: str = "cpu", timeout_s: float 
         return False
     hint = str(device_hint)
     use_cuda = torch.cuda.is_available() and (hint == "auto" or hint.startswith("cuda"))
-    backend = "nccl" if use_cuda and dist.is_nccl_available() else "gloo"
+    backend = process_group_backend(use_cuda, info.local_world_size,
+                                    torch.cuda.device_count() if use_cuda else 0, dist.is_nccl_available())
     dist.init_process_group(backend=backend, rank=info.rank, world_size=info.world_size,
                             timeout=datetime.timedelta(seconds=timeout_s))
     return True
