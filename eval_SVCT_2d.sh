@@ -20,13 +20,16 @@ SOLVERS=${SOLVERS:-"udigdip,aseqdip,dip,cgsense,tv"}
 DEG=${DEG:-SV-CT}
 ANGLE=${ANGLE:-90}
 sweep_dir ct
+# the arc is a setting of limited-angle CT only (SV-CT always spans 180°)
+angle_flags=""
+if [[ "$DEG" == LA-CT ]]; then angle_flags="--config.physics.angle_range=$ANGLE"; fi
 for noise in $NOISES; do
   nflags=$(noise_flags "$noise")
   for views in $VIEWS; do
     echo "=== $DEG views=$views noise=$noise solvers=$SOLVERS data=$DATA"
-    # shellcheck disable=SC2086  # $nflags holds several flags
+    # shellcheck disable=SC2086  # $nflags / $angle_flags hold several flags
     run "$PY" main.py --config="$CONFIG" --deg="$DEG" --solver="$SOLVERS" --data="$DATA" \
-      --config.physics.num_views="$views" --config.physics.angle_range="$ANGLE" $nflags \
+      --config.physics.num_views="$views" $angle_flags $nflags \
       --workdir="$SWEEP_DIR" --name="ct_${DEG}_${views}v_$(noise_tag "$noise")" "$@"
   done
 done

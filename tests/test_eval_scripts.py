@@ -72,6 +72,13 @@ def test_ct_dry_run_limited_angle_and_poisson(tmp_path):
     assert flag(runs[0], "name") == "ct_LA-CT_18v_poisson1e4"
 
 
+def test_ct_dry_run_sparse_view_passes_no_arc(tmp_path):
+    r = script("eval_SVCT_2d.sh", DRY_RUN=1, VIEWS="16", NOISES="none", ANGLE=120, SWEEP_DIR=tmp_path / "s")
+    assert r.returncode == 0, r.stderr
+    (run,) = commands(r.stdout)[:-1]
+    assert flag(run, "deg") == "SV-CT" and not any("angle_range" in a for a in run)   # SV-CT spans 180°
+
+
 @pytest.mark.parametrize("noises,match", [("laplace:1", "unknown NOISES entry"), ("relative", "needs a value")])
 def test_bad_noise_entry_stops_before_running(tmp_path, noises, match):
     r = script("eval_MRI_multi.sh", DRY_RUN=1, NOISES=noises, SWEEP_DIR=tmp_path / "s")
