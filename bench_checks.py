@@ -247,15 +247,40 @@ def section_determinism(device, quick: bool) -> dict:
     return {"size": size, "rows": rows, "note": "perf {} = the defaults (on CUDA: vmap networks, CUDA graph)"}
 
 
-def section_graph_vs_eager(device, quick: bool) -> dict:
-    """Without CUDA the eager step is compared with itself (the code path only)."""
-    from bench_steps import make_problem
-    from models.stacked_dip import NET_IMPLS, StackedDIPNets
+def graph_rollback_run(A, y, z, cplx: bool, impl: str, device, graph: bool, channels=(8, 16, 16)):
+    """12 steps of two stacked DIP networks through ``DIPEngine`` (eager with the capturable Adam,
+    or replayed from a CUDA graph), with a snapshot at step 6 and, at step 9, a roll-back of slice
+    0 and its lr halved: ``(losses [12, 2], flat parameters, graph_used, graph_error)``.  The CUDA
+    test of the engine and ``section_graph_vs_eager`` run this same scenario."""
+    from models.stacked_dip import StackedDIPNets
     from physics import finite_checks
     from solvers.dip_loop import dip_loss
     from solvers.engines import DIPEngine
     from solvers.optim import StackedAdam
     from utils.complex import from_channels, to_channels
+
+    nets = StackedDIPNets({"channels": tuple(channels)}, cplx, [0, 1], device=device, impl=impl)
+    eng = DIPEngine(nets, lambda net, zz: from_channels(net(to_channels(zz)), cplx),
+                    lambda xx, zz: dip_loss(xx, y, A, 1.0, zz), lr=3e-3, cuda_graph=graph)
+    if not graph:     # the same (capturable) Adam arithmetic as the graph
+        eng.opts = [StackedAdam(nets.parameters(), 2, lr=3e-3, capturable=True)]
+    losses = []
+    with finite_checks(A, False):
+        for i in range(12):
+            if i == 6:
+                snap = eng.snapshot()
+            if i == 9:
+                eng.restore(snap, [True, False])
+                eng.scale_lr(0, 0.5)
+            losses.append(eng.step(z).total.clone())
+    params = torch.cat([p.detach().flatten() for p in nets.parameters()])
+    return torch.stack(losses), params, eng.graph_used, eng.graph_error
+
+
+def section_graph_vs_eager(device, quick: bool) -> dict:
+    """Without CUDA the eager step is compared with itself (the code path only)."""
+    from bench_steps import make_problem
+    from models.stacked_dip import NET_IMPLS
 
     cuda = device.type == "cuda"
     rows = []
@@ -263,24 +288,7 @@ def section_graph_vs_eager(device, quick: bool) -> dict:
         A, y, _ = make_problem(mod, 32, device, batch=2)
         z, cplx = A.input_image(y), bool(A.is_complex)
         for impl in NET_IMPLS:
-            outs = []
-            for graph in (False, True):
-                nets = StackedDIPNets({"channels": (8, 16, 16)}, cplx, [0, 1], device=device, impl=impl)
-                eng = DIPEngine(nets, lambda net, zz: from_channels(net(to_channels(zz)), cplx),
-                                lambda xx, zz: dip_loss(xx, y, A, 1.0, zz), lr=3e-3, cuda_graph=graph and cuda)
-                if not graph:
-                    eng.opts = [StackedAdam(nets.parameters(), 2, lr=3e-3, capturable=True)]
-                losses = []
-                with finite_checks(A, False):
-                    for i in range(12):
-                        if i == 6:
-                            snap = eng.snapshot()
-                        if i == 9:
-                            eng.restore(snap, [True, False])
-                            eng.scale_lr(0, 0.5)
-                        losses.append(eng.step(z).total.clone())
-                outs.append((torch.stack(losses), torch.cat([p.detach().flatten() for p in nets.parameters()]),
-                             eng.graph_used, eng.graph_error))
+            outs = [graph_rollback_run(A, y, z, cplx, impl, device, graph and cuda) for graph in (False, True)]
             (l0, p0, _, _), (l1, p1, used, err) = outs
             rows.append({"modality": mod, "net_impl": impl, "graph_used": used, "graph_error": err,
                          "losses": errors(l1, l0), "params": errors(p1, p0),
