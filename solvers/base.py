@@ -16,6 +16,8 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
+from solvers.common import check_ranges, resolve_config
+
 Callback = Callable[[int, torch.Tensor, dict], None]
 
 
@@ -87,8 +89,6 @@ class SolverBase:
     def checked_config(self, cfg):
         """``default_config()`` overridden by ``cfg`` (unknown fields → ``ValueError``), every
         numeric field in its range (:meth:`config_ranges`) and :meth:`check_config` passed."""
-        from solvers.common import check_ranges, resolve_config   # solvers.common imports nothing of solvers
-
         cfg = resolve_config(self.default_config(), cfg)
         check_ranges(cfg, type(self).config_ranges())
         self.check_config(cfg)

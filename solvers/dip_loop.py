@@ -51,10 +51,9 @@ import torch.nn as nn
 
 from physics import finite_checks
 from solvers import perf as perf_policy
-from solvers.base import (Callback, Result, SolverBase, check_measurements, check_seeds, image_support, notify, per_slice_callbacks,
+from solvers.base import (Callback, Result, SolverBase, check_measurements, image_support, notify, per_slice_callbacks,
                           restrict_to_support, slice_results)
-from solvers.common import (DIP_COMMON_RANGES, check_ranges, deterministic_mode, finite_per_slice, progress_bar,
-                            resolve_config)
+from solvers.common import DIP_COMMON_RANGES, deterministic_mode, finite_per_slice, progress_bar
 from solvers.engines import StepEngine, StepResult, make_engine
 from utils.complex import from_channels, to_channels
 from utils.rng import NoiseStreams
@@ -126,14 +125,15 @@ class DIPSolver(SolverBase):
     def __init__(self, cfg: Any = None, denoiser: Any = None, seed: int = 0,
                  device: Optional[torch.device | str] = None, seeds: Optional[Sequence[int]] = None,
                  perf: Any = None):
-        self.cfg = resolve_config(type(self).default_config(), cfg)
-        self.denoiser, self.seed, self.seeds = denoiser, int(seed), check_seeds(seeds)
-        self.device = None if device is None else torch.device(device)
+        self.keep_settings(self.checked_config(cfg), seed, seeds,
+                           None if device is None else torch.device(device))
+        self.denoiser = denoiser
         self.perf = perf_policy.validate(perf)
-        if self.cfg.reduction not in REDUCTIONS:
-            raise ValueError(f"unknown reduction {self.cfg.reduction!r}; choose one of {REDUCTIONS}")
-        check_ranges(self.cfg, type(self).config_ranges())
         self._validate()
+
+    def check_config(self, cfg) -> None:
+        if cfg.reduction not in REDUCTIONS:
+            raise ValueError(f"unknown reduction {cfg.reduction!r}; choose one of {REDUCTIONS}")
 
     # ------------------------------------------------------------------ the variant's hooks
     def _validate(self) -> None:
